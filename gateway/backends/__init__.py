@@ -1,0 +1,1 @@
+"""Generation backends: vLLM for serving, transformers + peft as the exact reference."""

@@ -1,0 +1,199 @@
+"""One typed configuration for the whole server, merged from file, environment and flags.
+
+Precedence (lowest to highest): built-in defaults, a TOML file, ``OBLIVIO_*`` environment
+variables (``__`` separates nested fields, e.g. ``OBLIVIO_SERVER__GRPC_PORT=50052``), then
+explicit overrides from the command line. Validation happens once, at start, so a typo fails
+loudly with the offending field's dotted name instead of surfacing mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+ENV_PREFIX = "OBLIVIO_"
+
+
+class ConfigError(ValueError):
+    """Raised when configuration cannot be loaded; the message names the offending field."""
+
+
+def oblivio_home(environ: Mapping[str, str] | None = None) -> Path:
+    """Root of everything oblivio writes: ``$OBLIVIO_HOME`` or ``~/.cache/oblivio``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("OBLIVIO_HOME") or Path.home() / ".cache" / "oblivio").expanduser()
+
+
+def default_model_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``oblivio model fetch`` puts the built-in default model."""
+    return oblivio_home(environ) / "models" / DEFAULT_MODEL_DIRNAME
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: Path | None = Field(
+        default=None,
+        description="Local Hugging Face model folder; empty means the fetched default model.",
+    )
+    served_name: str = Field(default="oblivio-default", min_length=1)
+    max_model_len: int = Field(default=2048, ge=64)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+
+class EngineConfig(_Section):
+    backend: Literal["vllm", "reference"] = "vllm"
+    max_loras: int = Field(default=2, ge=1)
+    max_cpu_loras: int = Field(default=16, ge=1)
+    max_lora_rank: int = Field(default=32, ge=1)
+    memory_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=0.95,
+        description="vLLM gpu_memory_utilization; on CPU it is the share of host memory reserved.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_num_seqs: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _cpu_cache_holds_batch(self) -> "EngineConfig":
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be >= max_loras")
+        return self
+
+
+class DetectorConfig(_Section):
+    layers: tuple[int, ...] = Field(default=(4, 6, 8, 10, 12), min_length=1)
+    max_prompt_tokens: int = Field(default=512, ge=8)
+    threads: int = Field(default=1, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_sorted_unique(cls, layers: tuple[int, ...]) -> tuple[int, ...]:
+        if any(layer < 0 for layer in layers):
+            raise ValueError("layer indices must be >= 0")
+        return tuple(sorted(set(layers)))
+
+
+class GateConfig(_Section):
+    default_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    scale_grid: tuple[float, ...] = Field(default=(0.25, 0.5, 0.75, 1.0), min_length=1)
+    on_detector_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+
+    @field_validator("scale_grid")
+    @classmethod
+    def _grid_positive_sorted(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 or s > 4 for s in grid):
+            raise ValueError("scales must lie in (0, 4]")
+        return tuple(sorted(set(grid)))
+
+
+class TrainingConfig(_Section):
+    threads: int = Field(default=1, ge=1, description="torch threads for background training")
+
+
+class OblivioConfig(_Section):
+    home: Path = Field(default_factory=oblivio_home)
+    artifacts_dir: Path | None = Field(
+        default=None, description="Adapters, detector state and registry; default $home/artifacts."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @property
+    def model_path(self) -> Path:
+        return self.model.path or self.home / "models" / DEFAULT_MODEL_DIRNAME
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifacts_dir or self.home / "artifacts"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config field '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "OBLIVIO_CONFIG":
+            continue
+        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        _set_dotted(tree, dotted, _parse_env_value(value))
+    return tree
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Comma-separated values become lists so tuple fields can be set from the environment."""
+    return [part.strip() for part in raw.split(",")] if "," in raw else raw
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"config field '{field}': {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> OblivioConfig:
+    """Build the validated config; ``overrides`` maps dotted field names to values."""
+    env = os.environ if environ is None else environ
+    file = file or (Path(env["OBLIVIO_CONFIG"]) if env.get("OBLIVIO_CONFIG") else None)
+    tree: dict[str, Any] = {}
+    if file is not None:
+        try:
+            tree = tomllib.loads(Path(file).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {file}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
+    tree = _merge(tree, _env_overrides(env))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    tree.setdefault("home", str(oblivio_home(env)))
+    try:
+        return OblivioConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None

@@ -1,0 +1,1 @@
+"""oblivio proto/oblivio/v1."""
