@@ -15,3 +15,6 @@ def model_path() -> Path:
     from oblivio.gateway.model_fetch import fetch_default_model
 
     return fetch_default_model(default_model_path())
+
+# Each area keeps its shared fixtures in its own plugin module beside this file.
+pytest_plugins: list[str] = []
