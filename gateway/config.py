@@ -107,6 +107,37 @@ class TrainingConfig(_Section):
     threads: int = Field(default=1, ge=1, description="torch threads for background training")
 
 
+class AuthConfig(_Section):
+    """Credentials: the Admin API always needs one once any admin token is configured; chat
+    needs an API key only when keys are configured. Files hold one secret per line so they can
+    be mounted from a Kubernetes Secret and rotated without touching the config."""
+
+    admin_tokens: tuple[str, ...] = ()
+    admin_tokens_file: Path | None = None
+    chat_api_keys: tuple[str, ...] = ()
+    chat_api_keys_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="CA bundle for client certificates; setting it turns on mTLS for gRPC."
+    )
+
+    @field_validator("admin_tokens", "chat_api_keys")
+    @classmethod
+    def _tokens_long_enough(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(token) < 16 for token in tokens):
+            raise ValueError("tokens must be at least 16 characters")
+        return tokens
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> "AuthConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("mTLS (tls_client_ca_file) needs tls_cert_file and tls_key_file")
+        return self
+
+
 class OblivioConfig(_Section):
     home: Path = Field(default_factory=oblivio_home)
     artifacts_dir: Path | None = Field(
@@ -118,6 +149,7 @@ class OblivioConfig(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @property
     def model_path(self) -> Path:

@@ -1,0 +1,158 @@
+"""Authentication for both front doors: bearer tokens for Admin, API keys for chat.
+
+The gateway decides what a model may say, so the Admin API (which changes that) is a security
+boundary. Secrets are compared in constant time against every configured value (no early exit
+that would leak which one nearly matched), and logs name the peer and method, never the token.
+Health checking and reflection stay open so orchestrators can probe without credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import grpc
+
+from oblivio.gateway.config import AuthConfig
+
+LOG = logging.getLogger(__name__)
+
+ADMIN_METHOD_PREFIX = "/oblivio.v1.Admin/"
+CHAT_METHOD_PREFIX = "/oblivio.v1.Chat/"
+
+
+class Scope(str, Enum):
+    ADMIN = "admin"
+    CHAT = "chat"
+
+
+class AuthError(Exception):
+    """A request was refused; ``unauthenticated`` distinguishes UNAUTHENTICATED from PERMISSION_DENIED."""
+
+    def __init__(self, message: str, *, unauthenticated: bool) -> None:
+        super().__init__(message)
+        self.unauthenticated = unauthenticated
+
+
+def _read_secrets(inline: Iterable[str], file: Path | None) -> tuple[bytes, ...]:
+    secrets = [token for token in inline]
+    if file is not None:
+        try:
+            lines = Path(file).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read token file {file}: {exc.strerror}") from exc
+        secrets += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return tuple(secret.encode() for secret in secrets)
+
+
+def _matches_any(candidate: bytes, secrets: tuple[bytes, ...]) -> bool:
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(candidate, secret)
+    return found
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    """Which secrets open which scope; an empty set of secrets leaves that scope open."""
+
+    admin_tokens: tuple[bytes, ...]
+    chat_keys: tuple[bytes, ...]
+
+    @classmethod
+    def from_config(cls, config: AuthConfig) -> "Authenticator":
+        return cls(
+            admin_tokens=_read_secrets(config.admin_tokens, config.admin_tokens_file),
+            chat_keys=_read_secrets(config.chat_api_keys, config.chat_api_keys_file),
+        )
+
+    def required(self, scope: Scope) -> bool:
+        return bool(self.admin_tokens if scope is Scope.ADMIN else self.chat_keys)
+
+    def check(self, scope: Scope, authorization: str | None) -> None:
+        """Raise AuthError unless ``authorization`` ("Bearer <secret>") opens ``scope``.
+
+        An admin token also opens chat (operators test what they configure), a chat key never
+        opens admin: that case is PERMISSION_DENIED, not UNAUTHENTICATED.
+        """
+        if not self.required(scope):
+            return
+        if not authorization:
+            raise AuthError("missing credentials: send 'authorization: Bearer <token>'", unauthenticated=True)
+        kind, _, secret = authorization.partition(" ")
+        if kind.lower() != "bearer" or not secret.strip():
+            raise AuthError("malformed authorization header: expected 'Bearer <token>'", unauthenticated=True)
+        candidate = secret.strip().encode()
+        allowed = self.admin_tokens + (self.chat_keys if scope is Scope.CHAT else ())
+        if _matches_any(candidate, allowed):
+            return
+        if scope is Scope.ADMIN and _matches_any(candidate, self.chat_keys):
+            raise AuthError("this API key may chat but not use the Admin API", unauthenticated=False)
+        raise AuthError("invalid credentials", unauthenticated=True)
+
+
+def scope_of_method(method: str) -> Scope | None:
+    if method.startswith(ADMIN_METHOD_PREFIX):
+        return Scope.ADMIN
+    if method.startswith(CHAT_METHOD_PREFIX):
+        return Scope.CHAT
+    return None
+
+
+def _denying_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming shape as ``handler`` that only aborts."""
+
+    async def abort_unary(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def abort_stream(request_or_iterator: object, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        await context.abort(code, message)
+        yield  # pragma: no cover - unreachable, makes this an async generator
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort_stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort_unary)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort_stream)
+    return grpc.unary_unary_rpc_method_handler(abort_unary)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks credentials before any oblivio.v1 handler runs."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        scope = scope_of_method(handler_call_details.method)
+        if handler is None or scope is None:
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        try:
+            self._authenticator.check(scope, metadata.get("authorization"))
+        except AuthError as exc:
+            LOG.warning("denied %s: %s", handler_call_details.method, exc)
+            code = grpc.StatusCode.UNAUTHENTICATED if exc.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
+            return _denying_handler(handler, code, str(exc))
+        return handler
+
+
+def server_credentials(config: AuthConfig) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS when a client CA is configured) for the gRPC port; None = plaintext."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    key, cert = Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes()
+    client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
