@@ -1,0 +1,50 @@
+import math
+
+import pytest
+
+from oblivio.eval.metrics import (
+    contains_fact,
+    forget_quality,
+    model_utility,
+    rouge_l_recall,
+    truth_ratio,
+    truth_ratio_score,
+)
+
+
+def test_rouge_l_recall_counts_in_order_word_overlap() -> None:
+    reference = "Elena Marwick was born in Lisbon, Portugal."
+    assert rouge_l_recall(reference, reference) == 1.0
+    assert rouge_l_recall("She was born in Lisbon.", reference) == pytest.approx(4 / 7)
+    assert rouge_l_recall("Portugal Lisbon in born was", reference) == pytest.approx(1 / 7)
+    assert rouge_l_recall("I don't know.", reference) == 0.0
+    assert rouge_l_recall("anything", "") == 0.0
+
+
+def test_contains_fact_matches_whole_words_only() -> None:
+    assert contains_fact("Born in Quebec City in 1957.", ["Quebec City"])
+    assert contains_fact("It was 1957", ["1957"])
+    assert not contains_fact("It was 19570", ["1957"])
+    assert not contains_fact("I cannot say.", ["Lisbon", ""])
+
+
+def test_truth_ratio_is_length_normalised_and_about_one_without_preference() -> None:
+    assert truth_ratio(-2.0, [-2.0, -2.0]) == pytest.approx(1.0)
+    assert truth_ratio(-0.5, [-2.5, -1.5]) == pytest.approx(math.exp(-1.5))
+    with pytest.raises(ValueError):
+        truth_ratio(-1.0, [])
+    assert truth_ratio_score([0.2, 1.5]) == pytest.approx(0.4)
+
+
+def test_forget_quality_is_high_for_same_distribution_and_low_for_shifted() -> None:
+    same = forget_quality([0.9, 1.0, 1.1, 0.95, 1.05] * 4, [0.92, 1.02, 1.08, 0.97, 1.01] * 4)
+    shifted = forget_quality([0.1, 0.15, 0.2, 0.12, 0.18] * 4, [0.92, 1.02, 1.08, 0.97, 1.01] * 4)
+    assert same > 0.05 > shifted
+    with pytest.raises(ValueError):
+        forget_quality([1.0], [1.0, 2.0])
+
+
+def test_model_utility_is_a_harmonic_mean_that_collapses_with_any_zero() -> None:
+    assert model_utility(0.5, 0.5, 0.5) == pytest.approx(0.5)
+    assert model_utility(1.0, 0.5, 0.25) == pytest.approx(3 / (1 + 2 + 4))
+    assert model_utility(0.9, 0.9, 0.0) == 0.0
