@@ -108,6 +108,7 @@ class GatePolicy:
     per_set: Mapping[str, SetPolicy]
     scale_grid: tuple[float, ...]  # scales the vLLM backend serves; chosen scale rounds UP onto it
     on_detector_error: DetectorErrorPolicy = "fail_closed"
+    created_at: float = 0.0  # unix time the version was committed (0 = never committed)
 
     def __post_init__(self) -> None:
         # Freeze the mapping too, so "immutable version" holds for the per-set overrides.

@@ -24,7 +24,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def policy_to_dict(policy: GatePolicy) -> dict[str, Any]:
         "per_set": {name: set_policy_to_dict(p) for name, p in policy.per_set.items()},
         "scale_grid": list(policy.scale_grid),
         "on_detector_error": policy.on_detector_error,
+        "created_at": policy.created_at,
     }
 
 
@@ -98,6 +100,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> GatePolicy:
         },
         scale_grid=tuple(float(s) for s in data["scale_grid"]),
         on_detector_error=data.get("on_detector_error", "fail_closed"),
+        created_at=float(data.get("created_at", 0.0)),
     )
 
 
@@ -130,6 +133,7 @@ def initial_policy(defaults: GateConfig) -> GatePolicy:
         per_set={},
         scale_grid=grid,
         on_detector_error=defaults.on_detector_error,
+        created_at=time.time(),
     )
     policy.validate()
     return policy
@@ -211,42 +215,56 @@ class PolicyStore:
         A set without an override starts from the current default. ``on_detector_error`` is a
         global field and is only accepted with ``set_name=None``.
         """
+        with self._lock:
+            return self._commit(self._apply(self._current, set_name, changes))
+
+    def propose(self, changes: Sequence[tuple[str | None, Mapping[str, Any]]]) -> GatePolicy:
+        """What-if: the current policy with ``changes`` applied, validated but NOT committed.
+
+        The result has version 0 (no committed version is ever 0), so a decision made with it
+        can never be mistaken for one made under a live version.
+        """
+        policy = self._current
+        for set_name, set_changes in changes:
+            policy = self._apply(policy, set_name, set_changes)
+        policy.validate()
+        return replace(policy, version=0, created_at=0.0)
+
+    def _apply(
+        self, base: GatePolicy, set_name: str | None, changes: Mapping[str, Any]
+    ) -> GatePolicy:
         if not changes:
             raise PolicyValidationError("no changes given")
-        with self._lock:
-            base = self._current
-            if set_name is not None and set_name not in self._sets:
-                raise UnknownForgetSetError(
-                    f"forget set '{set_name}' is not registered; known sets: "
-                    f"{', '.join(sorted(self._sets)) or '(none)'}"
-                )
-            allowed = SET_FIELDS + (GLOBAL_FIELDS if set_name is None else ())
-            unknown = sorted(set(changes) - set(allowed))
-            if unknown:
-                hint = (
-                    " (on_detector_error is global: update the default policy)"
-                    if "on_detector_error" in unknown
-                    else ""
-                )
+        if set_name is not None and set_name not in self._sets:
+            raise UnknownForgetSetError(
+                f"forget set '{set_name}' is not registered; known sets: "
+                f"{', '.join(sorted(self._sets)) or '(none)'}"
+            )
+        allowed = SET_FIELDS + (GLOBAL_FIELDS if set_name is None else ())
+        unknown = sorted(set(changes) - set(allowed))
+        if unknown:
+            hint = (
+                " (on_detector_error is global: update the default policy)"
+                if "on_detector_error" in unknown
+                else ""
+            )
+            raise PolicyValidationError(
+                f"unknown policy field(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(allowed)}{hint}"
+            )
+        where = "default" if set_name is None else f"forget set '{set_name}'"
+        set_changes = {k: v for k, v in changes.items() if k in SET_FIELDS}
+        target = base.default if set_name is None else base.for_set(set_name)
+        merged = set_policy_from_dict({**asdict(target), **set_changes}, where=where)
+        if set_name is None:
+            on_error = str(changes.get("on_detector_error", base.on_detector_error))
+            if on_error not in DETECTOR_ERROR_POLICIES:
                 raise PolicyValidationError(
-                    f"unknown policy field(s) {', '.join(unknown)}; allowed: "
-                    f"{', '.join(allowed)}{hint}"
+                    f"on_detector_error must be one of {', '.join(DETECTOR_ERROR_POLICIES)} "
+                    f"(got {on_error!r})"
                 )
-            where = "default" if set_name is None else f"forget set '{set_name}'"
-            set_changes = {k: v for k, v in changes.items() if k in SET_FIELDS}
-            target = base.default if set_name is None else base.for_set(set_name)
-            merged = set_policy_from_dict({**asdict(target), **set_changes}, where=where)
-            if set_name is None:
-                on_error = str(changes.get("on_detector_error", base.on_detector_error))
-                if on_error not in DETECTOR_ERROR_POLICIES:
-                    raise PolicyValidationError(
-                        f"on_detector_error must be one of {', '.join(DETECTOR_ERROR_POLICIES)} "
-                        f"(got {on_error!r})"
-                    )
-                candidate = replace(base, default=merged, on_detector_error=on_error)  # type: ignore[arg-type]
-            else:
-                candidate = replace(base, per_set={**base.per_set, set_name: merged})
-            return self._commit(candidate)
+            return replace(base, default=merged, on_detector_error=on_error)  # type: ignore[arg-type]
+        return replace(base, per_set={**base.per_set, set_name: merged})
 
     def reset_set(self, set_name: str) -> GatePolicy:
         """Drop a set's override so it follows the default again (new version)."""
@@ -273,7 +291,7 @@ class PolicyStore:
     # ---- internals ---------------------------------------------------------------------
     def _commit(self, candidate: GatePolicy) -> GatePolicy:
         """Validate, number, persist, then swap. Caller holds the lock."""
-        new = replace(candidate, version=self._current.version + 1)
+        new = replace(candidate, version=self._current.version + 1, created_at=time.time())
         new.validate()
         history = (self._history + [new])[-self._max_history :]
         self._write(history, self._sets)  # persist first: a failed write leaves nothing live

@@ -176,3 +176,15 @@ def test_concurrent_readers_only_see_committed_versions(store: PolicyStore) -> N
         versions_seen.add(policy.version)
     assert len(versions_seen) > 1
     assert store.current().version == 31
+
+
+def test_propose_is_validated_but_never_committed(store: PolicyStore) -> None:
+    live = store.current()
+    proposed = store.propose([(None, {"threshold": 0.9}), ("bio", {"mode": "refusal"})])
+    assert proposed.version == 0 and proposed.default.threshold == 0.9
+    assert proposed.for_set("bio").mode == "refusal"
+    assert store.current() is live and len(store.history()) == 1
+    with pytest.raises(PolicyValidationError, match="threshold"):
+        store.propose([(None, {"threshold": -1})])
+    with pytest.raises(UnknownForgetSetError):
+        store.propose([("nope", {"threshold": 0.1})])
