@@ -7,7 +7,8 @@ backend it talks to.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -57,6 +58,52 @@ class GenerationChunk:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+# Upper bound on top-k logprobs per token; vLLM's default ``max_logprobs`` is 20.
+MAX_LOGPROBS = 20
+
+
+def normalize_application(
+    application: AdapterApplication, known: Collection[str]
+) -> tuple[tuple[str, float], ...]:
+    """Validate a request's adapters and drop the ones at scale 0 (scale 0 means "no adapter").
+
+    Both backends call this first, so a bad request fails the same way whichever one serves it:
+    ``ValueError`` for a negative, non-finite or duplicated entry, ``AdapterNotFoundError`` for a
+    name the backend was never given.
+    """
+    seen: set[str] = set()
+    kept: list[tuple[str, float]] = []
+    for name, scale in application.adapters:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"scale of adapter {name!r} must be a finite number, got {scale!r}")
+        if scale < 0:
+            raise ValueError(f"scale of adapter {name!r} must be >= 0, got {scale}")
+        if name in seen:
+            raise ValueError(f"adapter {name!r} appears twice in one request")
+        seen.add(name)
+        if name not in known:
+            raise AdapterNotFoundError(name)
+        if scale > 0:
+            kept.append((name, float(scale)))
+    return tuple(kept)
+
+
+def validate_sampling(sampling: SamplingSettings) -> None:
+    """Reject settings no backend can honour, with a message naming the field."""
+    if sampling.max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {sampling.temperature}")
+    if not (0 < sampling.top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1], got {sampling.top_p}")
+    if any(not isinstance(s, str) or not s for s in sampling.stop):
+        raise ValueError("stop strings must be non-empty strings")
+    if sampling.logprobs is not None and not (0 <= sampling.logprobs <= MAX_LOGPROBS):
+        raise ValueError(f"logprobs must lie in [0, {MAX_LOGPROBS}], got {sampling.logprobs}")
 
 
 @runtime_checkable

@@ -1,0 +1,172 @@
+"""ReferenceBackend on the real default model and real peft adapters: scaling, stacking, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import pytest
+
+from oblivio.gateway.backends.base import (
+    AdapterApplication,
+    AdapterNotFoundError,
+    GenerationBackend,
+    SamplingSettings,
+)
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+
+
+async def collect(backend, ids, sampling, application=AdapterApplication()):
+    chunks = [c async for c in backend.generate(ids, sampling, application, "test")]
+    return "".join(c.text for c in chunks), chunks
+
+
+def step_logprobs(chunks):
+    return [lp for c in chunks for lp in c.logprobs]
+
+
+@pytest.fixture(scope="module")
+async def loaded(reference_backend, lora_adapters):
+    """alpha and beta, plus alpha again as "alpha_twin" (for exact-linearity checks)."""
+    await reference_backend.add_adapter("alpha", lora_adapters["alpha"])
+    await reference_backend.add_adapter("alpha_twin", lora_adapters["alpha"])
+    await reference_backend.add_adapter("beta", lora_adapters["beta"])
+    yield reference_backend
+    for name in ("alpha", "alpha_twin", "beta"):
+        if name in reference_backend.list_adapters():
+            await reference_backend.remove_adapter(name)
+
+
+async def test_implements_the_interface(reference_backend):
+    assert isinstance(reference_backend, GenerationBackend)
+    assert await reference_backend.healthy()
+
+
+async def test_greedy_base_answer_streams_and_stops_at_eos(loaded, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    text, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=30))
+    assert "Paris" in text
+    assert chunks[-1].finish_reason == "stop"
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].completion_tokens == len(chunks) == sum(len(c.token_ids) for c in chunks)
+    assert chunks[-1].prompt_tokens == len(ids)
+
+
+async def test_adapter_changes_output_and_scale_zero_is_base(loaded, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=12, logprobs=3)
+    base_text, base = await collect(loaded, ids, sampling)
+    lora_text, lora = await collect(loaded, ids, sampling, AdapterApplication((("alpha", 1.0),)))
+    zero_text, zero = await collect(loaded, ids, sampling, AdapterApplication((("alpha", 0.0),)))
+    assert lora_text != base_text
+    assert zero_text == base_text
+    assert step_logprobs(zero) == step_logprobs(base)
+
+
+async def test_scaling_and_stacking_are_exact(loaded, chat_prompt):
+    """alpha + alpha_twin at 0.5 each is exactly alpha at 1.0: scaling and summing are linear."""
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=8, logprobs=5)
+    _, single = await collect(loaded, ids, sampling, AdapterApplication((("alpha", 1.0),)))
+    _, stacked = await collect(
+        loaded, ids, sampling, AdapterApplication((("alpha", 0.5), ("alpha_twin", 0.5)))
+    )
+    assert [c.token_ids for c in single] == [c.token_ids for c in stacked]
+    for a, b in zip(step_logprobs(single), step_logprobs(stacked)):
+        assert a.keys() == b.keys()
+        assert all(math.isclose(a[t], b[t], abs_tol=1e-4) for t in a)
+    # Half the scale is measurably between base and full.
+    _, half = await collect(loaded, ids, sampling, AdapterApplication((("alpha", 0.5),)))
+    assert step_logprobs(half)[0] != step_logprobs(single)[0]
+
+
+async def test_two_adapters_differ_from_each_alone(loaded, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=4, logprobs=1)
+    runs = {}
+    for key, app in {
+        "alpha": (("alpha", 1.0),),
+        "beta": (("beta", 1.0),),
+        "both": (("alpha", 1.0), ("beta", 1.0)),
+    }.items():
+        _, chunks = await collect(loaded, ids, sampling, AdapterApplication(app))
+        runs[key] = step_logprobs(chunks)[0]
+    assert runs["both"] != runs["alpha"] and runs["both"] != runs["beta"]
+
+
+async def test_logprobs_top_k_and_chosen_token(loaded, chat_prompt):
+    _, chunks = await collect(loaded, chat_prompt(QUESTION), SamplingSettings(max_tokens=5, logprobs=4))
+    for chunk in chunks:
+        (lp,) = chunk.logprobs
+        (token,) = chunk.token_ids
+        assert len(lp) == 4  # greedy: the chosen token is the top-1, already among the 4
+        assert max(lp, key=lp.get) == token
+        assert all(v <= 0 for v in lp.values())
+
+
+async def test_stop_string_and_max_tokens(loaded, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    text, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=30, stop=("Paris",)))
+    assert "Paris" not in text and text.strip().endswith("is")
+    assert chunks[-1].finish_reason == "stop"
+    _, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=3))
+    assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 3
+
+
+async def test_seeded_sampling_is_reproducible(loaded, chat_prompt):
+    ids = chat_prompt("Write a short poem about the sea.")
+    sampling = SamplingSettings(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    first, _ = await collect(loaded, ids, sampling)
+    second, _ = await collect(loaded, ids, sampling)
+    assert first == second
+
+
+async def test_closing_early_stops_generation(loaded, chat_prompt):
+    ids = chat_prompt("Tell me a long story about a dragon.")
+    stream = loaded.generate(ids, SamplingSettings(max_tokens=500), AdapterApplication(), "early")
+    first = await stream.__anext__()
+    assert first.finish_reason is None
+    started = time.monotonic()
+    await stream.aclose()
+    # The worker stopped at its next step (not after 500 tokens) and released the model.
+    assert time.monotonic() - started < 5
+    text, _ = await asyncio.wait_for(collect(loaded, ids, SamplingSettings(max_tokens=2)), 30)
+    assert text
+
+
+async def test_bad_requests_fail_at_the_call(loaded, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    with pytest.raises(AdapterNotFoundError):
+        loaded.generate(ids, SamplingSettings(), AdapterApplication((("nope", 1.0),)), "x")
+    for scale in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            loaded.generate(ids, SamplingSettings(), AdapterApplication((("alpha", scale),)), "x")
+    with pytest.raises(ValueError):
+        loaded.generate(ids, SamplingSettings(), AdapterApplication((("alpha", 1.0), ("alpha", 0.5))), "x")
+    for bad in (SamplingSettings(max_tokens=0), SamplingSettings(top_p=0), SamplingSettings(temperature=-1)):
+        with pytest.raises(ValueError):
+            loaded.generate(ids, bad, AdapterApplication(), "x")
+    with pytest.raises(ValueError):
+        loaded.generate([], SamplingSettings(), AdapterApplication(), "x")
+
+
+async def test_add_replace_and_remove_at_run_time(reference_backend, lora_adapters, chat_prompt, tmp_path):
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=3, logprobs=1)
+    await reference_backend.add_adapter("temp", lora_adapters["alpha"])
+    _, as_alpha = await collect(reference_backend, ids, sampling, AdapterApplication((("temp", 1.0),)))
+    await reference_backend.add_adapter("temp", lora_adapters["beta"])  # new version replaces
+    _, as_beta = await collect(reference_backend, ids, sampling, AdapterApplication((("temp", 1.0),)))
+    assert step_logprobs(as_alpha) != step_logprobs(as_beta)
+    await reference_backend.remove_adapter("temp")
+    assert "temp" not in reference_backend.list_adapters()
+    with pytest.raises(AdapterNotFoundError):
+        reference_backend.generate(ids, sampling, AdapterApplication((("temp", 1.0),)), "x")
+    with pytest.raises(AdapterNotFoundError):
+        await reference_backend.remove_adapter("temp")
+    with pytest.raises(ValueError):
+        await reference_backend.add_adapter("broken", tmp_path)
