@@ -1,0 +1,126 @@
+"""Calibration report: probe files, threshold selection, plots + JSON written and read back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oblivio.gateway.calibration import (
+    CalibrationError,
+    CalibrationTarget,
+    Probe,
+    apply_suggested_threshold,
+    calibrate,
+    load_probes,
+    suggest_threshold,
+)
+from oblivio.gateway.config import GateConfig
+from oblivio.gateway.policy_store import PolicyStore
+
+
+def assert_real_png(path: Path) -> None:
+    """The plot exists, decodes as an image of a sensible size, and is not a blank canvas."""
+    assert path.is_file() and path.suffix == ".png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width >= 300 and height >= 200
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 5.0  # axes, curves and text, not a flat colour
+    assert (pixels < 128).mean() > 0.005  # some dark ink
+
+
+def test_load_probes_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = tmp_path / "probes.jsonl"
+    jsonl.write_text('{"prompt": "Who wrote X?", "forget": true}\n\n{"prompt": "2+2?", "forget": false}\n')
+    csv_file = tmp_path / "probes.csv"
+    csv_file.write_text('prompt,label\n"Who, really, wrote X?",1\nWhat is rain?,keep\n')
+    assert load_probes(jsonl) == [Probe("Who wrote X?", True), Probe("2+2?", False)]
+    assert load_probes(csv_file) == [Probe("Who, really, wrote X?", True), Probe("What is rain?", False)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.jsonl", '{"prompt": "x"}\n', "expected"),
+        ("b.jsonl", "{oops\n", "not valid JSON"),
+        ("c.jsonl", '{"prompt": "x", "forget": "maybe"}\n', "label must be true/false"),
+        ("d.csv", "just one column\n", "two columns"),
+        ("e.txt", "x", "must end in .jsonl or .csv"),
+        ("f.jsonl", "\n", "contains no probes"),
+        ("g.jsonl", '{"prompt": "  ", "forget": true}\n', "non-empty string"),
+    ],
+)
+def test_bad_probe_files_fail_clearly(tmp_path: Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CalibrationError, match=message):
+        load_probes(path)
+
+
+def test_threshold_selection_matches_the_gate_rule() -> None:
+    labels = [True] * 5 + [False] * 5
+    scores = [0.9, 0.8, 0.7, 0.6, 0.3, 0.65, 0.4, 0.2, 0.1, 0.05]
+    # 80% catch: the highest threshold catching 4 of 5 positives is the 4th-best positive.
+    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 0.8)) == 0.6
+    # Full catch needs going down to 0.3, which lets 0.65 and 0.4 through.
+    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 1.0)) == 0.3
+    # FPR 0: lowest threshold above every negative: 0.7 (0.65 is a negative).
+    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.0)) == 0.7
+    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.2)) == 0.6
+
+
+@pytest.mark.parametrize(("kind", "value"), [("catch_rate", 0.0), ("fpr", 1.5), ("tpr", 0.5), ("fpr", float("nan"))])
+def test_bad_targets(kind: str, value: float) -> None:
+    with pytest.raises(CalibrationError):
+        CalibrationTarget(kind, value)  # type: ignore[arg-type]
+
+
+def test_report_from_precomputed_scores(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pos = np.clip(rng.normal(0.8, 0.1, 40), 0, 1)
+    neg = np.clip(rng.normal(0.3, 0.15, 60), 0, 1)
+    probes = [Probe(f"p{i}", True) for i in range(40)] + [Probe(f"n{i}", False) for i in range(60)]
+    report = calibrate(
+        "authors", probes, out_dir=tmp_path / "out", scores=[*pos, *neg],
+        target=CalibrationTarget("catch_rate", 0.9), current_threshold=0.5,
+    )
+    assert report.positives == 40 and report.negatives == 60
+    assert 0.9 < report.roc_auc <= 1.0
+    assert report.catch_rate >= 0.9
+    assert report.catch_rate == np.mean(pos >= report.suggested_threshold)
+    assert report.false_positive_rate == np.mean(neg >= report.suggested_threshold)
+    assert report.current_catch_rate == np.mean(pos >= 0.5)
+    summary = json.loads(report.summary_json_path.read_text())
+    assert summary["suggested_threshold"] == report.suggested_threshold
+    assert summary["target"] == {"kind": "catch_rate", "value": 0.9}
+    assert [Path(p).name for p in summary["plot_paths"]] == ["authors_roc.png", "authors_score_histograms.png"]
+    for path in report.plot_paths:
+        assert_real_png(path)
+
+
+def test_needs_both_labels_and_matching_scores(tmp_path: Path) -> None:
+    only_pos = [Probe("a", True), Probe("b", True)]
+    with pytest.raises(CalibrationError, match="at least one probe"):
+        calibrate("s", only_pos, out_dir=tmp_path, scores=[0.1, 0.2])
+    mixed = [Probe("a", True), Probe("b", False)]
+    with pytest.raises(CalibrationError, match="got 1 scores for 2"):
+        calibrate("s", mixed, out_dir=tmp_path, scores=[0.1])
+    with pytest.raises(CalibrationError, match="finite"):
+        calibrate("s", mixed, out_dir=tmp_path, scores=[0.1, float("nan")])
+    with pytest.raises(CalibrationError, match="exactly one"):
+        calibrate("s", mixed, out_dir=tmp_path)
+
+
+def test_apply_threshold_creates_a_policy_version(tmp_path: Path) -> None:
+    store = PolicyStore(tmp_path / "gate", GateConfig())
+    store.register_set("authors")
+    probes = [Probe("a", True), Probe("b", True), Probe("c", False), Probe("d", False)]
+    report = calibrate("authors", probes, out_dir=tmp_path / "cal", scores=[0.9, 0.7, 0.4, 0.2])
+    version = apply_suggested_threshold(report, store)
+    assert version == 2 and store.current().for_set("authors").threshold == 0.7
+    assert json.loads(report.summary_json_path.read_text())["applied_policy_version"] == 2
