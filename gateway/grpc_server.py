@@ -1,0 +1,260 @@
+"""The gRPC front door: Chat over the shared ChatCore, the composed Admin servicer, standard
+health checking and server reflection, with exceptions mapped to status codes in ONE place.
+
+Why an error-mapping interceptor rather than try/except in every handler: the Admin methods
+are written by other areas; with the mapping here they just raise ``ValueError`` /
+``KeyError`` / ``BackendError`` and clients still get INVALID_ARGUMENT / NOT_FOUND /
+UNAVAILABLE with a message a person can act on, and unexpected errors never leak tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from oblivio.gateway.admin_service import AdminServicer
+from oblivio.gateway.backends.base import BackendError
+from oblivio.gateway.chat_core import ChatCore
+from oblivio.gateway.proto_convert import (
+    finish_reason_to_proto,
+    messages_from_proto,
+    outcome_to_proto,
+    sampling_from_proto,
+    usage_to_proto,
+)
+from oblivio.gateway.runtime import Runtime
+from oblivio.v1 import oblivio_pb2 as pb
+from oblivio.v1 import oblivio_pb2_grpc
+
+LOG = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Admin"))
+
+
+def status_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an exception a handler raised.
+
+    An exception may carry its own ``grpc_status_code`` attribute (e.g. a registry's
+    "already exists" error) to choose its code explicitly.
+    """
+    explicit = getattr(exc, "grpc_status_code", None)
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    if isinstance(explicit, grpc.StatusCode):
+        return explicit, message
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, message or "method not implemented on this server"
+    if isinstance(exc, FileExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS, message
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, LookupError):
+        return grpc.StatusCode.NOT_FOUND, message
+    if isinstance(exc, BackendError):
+        return grpc.StatusCode.UNAVAILABLE, message
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, message or "deadline exceeded"
+    if isinstance(exc, PermissionError):
+        return grpc.StatusCode.PERMISSION_DENIED, message
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    code, message = status_for_exception(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        LOG.exception("%s failed", method, exc_info=exc)
+    else:
+        LOG.info("%s -> %s: %s", method, code.name, message)
+    await context.abort(code, message)
+
+
+def _wrap_unary(inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            result = inner(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            await _abort_for(exc, context, method)
+
+    return handler
+
+
+def _wrap_stream(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(inner):
+        return _wrap_unary(inner, method)  # a coroutine that writes via context.write
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            await _abort_for(exc, context, method)
+
+    return handler
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions escaping any oblivio.v1 handler into a proper status + message."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/oblivio.v1."):
+            return handler
+        method = details.method
+        common = dict(
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **common)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **common)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **common)
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **common)
+
+
+@contextlib.asynccontextmanager
+async def _deadline(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Stop work when the client's deadline passes, even if gRPC has not cancelled us yet."""
+    remaining = context.time_remaining()
+    async with asyncio.timeout(remaining if remaining is not None else None):
+        yield
+
+
+class ChatServicer(oblivio_pb2_grpc.ChatServicer):
+    """``oblivio.v1.Chat`` over the shared :class:`ChatCore`."""
+
+    def __init__(self, chat: ChatCore) -> None:
+        self.chat = chat
+
+    async def Complete(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        async with _deadline(context):
+            result = await self.chat.complete(
+                messages_from_proto(request.messages),
+                sampling_from_proto(request.sampling),
+                model=request.model or None,
+                request_id=request.request_id or None,
+                endpoint="grpc.Complete",
+            )
+        return pb.ChatResponse(
+            id=result.request_id,
+            model=self.chat.served_model,
+            text=result.text,
+            finish_reason=finish_reason_to_proto(result.finish_reason),
+            decision=outcome_to_proto(result.outcome),
+            usage=usage_to_proto(result.prompt_tokens, result.completion_tokens),
+        )
+
+    async def StreamComplete(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatChunk]:
+        async with _deadline(context):
+            session = await self.chat.start(
+                messages_from_proto(request.messages),
+                sampling_from_proto(request.sampling),
+                model=request.model or None,
+                request_id=request.request_id or None,
+                endpoint="grpc.StreamComplete",
+            )
+            decision = outcome_to_proto(session.outcome)
+            sent_decision = finished = False
+            async for chunk in session.chunks():
+                message = pb.ChatChunk(id=session.request_id, delta=chunk.text)
+                if not sent_decision:
+                    message.decision.CopyFrom(decision)
+                    sent_decision = True
+                if chunk.finish_reason is not None:
+                    message.finish_reason = finish_reason_to_proto(chunk.finish_reason)
+                    message.usage.CopyFrom(usage_to_proto(session.prompt_tokens, session.completion_tokens))
+                    finished = True
+                yield message
+            if not finished:  # a backend that ended without a finish reason still gets a last chunk
+                message = pb.ChatChunk(
+                    id=session.request_id,
+                    finish_reason=finish_reason_to_proto(session.finish_reason),
+                    usage=usage_to_proto(session.prompt_tokens, session.completion_tokens),
+                )
+                if not sent_decision:
+                    message.decision.CopyFrom(decision)
+                yield message
+
+
+class GrpcServer:
+    """grpc.aio server with Chat, Admin, health and reflection; bind, serve, drain, stop."""
+
+    def __init__(self, runtime: Runtime, *, host: str, port: int) -> None:
+        self.runtime = runtime
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        auth = getattr(self.runtime.config, "auth", None)
+        if auth is not None:
+            from oblivio.gateway.auth import AuthInterceptor, Authenticator
+
+            interceptors.append(AuthInterceptor(Authenticator.from_config(auth)))
+        interceptors.append(ErrorMappingInterceptor())
+        return interceptors
+
+    async def start(self) -> int:
+        config = self.runtime.config
+        server = grpc.aio.server(
+            interceptors=self._interceptors(),
+            maximum_concurrent_rpcs=config.server.max_concurrent_requests,
+            options=[("grpc.so_reuseport", 0)],
+        )
+        oblivio_pb2_grpc.add_ChatServicer_to_server(ChatServicer(self.runtime.chat), server)
+        oblivio_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{self.host}:{self.requested_port}"
+        credentials = None
+        auth = getattr(config, "auth", None)
+        if auth is not None:
+            from oblivio.gateway.auth import server_credentials
+
+            credentials = server_credentials(auth)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+        await server.start()
+        self._server, self.port = server, port
+        return port
+
+    async def mark_serving(self) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

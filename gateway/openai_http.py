@@ -1,0 +1,272 @@
+"""OpenAI-compatible HTTP API over the same ChatCore as gRPC, so an application switches to the
+gateway by changing its base URL.
+
+``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``, ``GET /health`` and
+Prometheus ``/metrics``. Errors use OpenAI's ``{"error": {...}}`` shape so OpenAI clients raise
+their usual typed exceptions. The gate decision travels in the ``oblivio`` extension field
+(first chunk when streaming) and, compactly, in the ``x-oblivio-decision`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from oblivio.gateway.backends.base import BackendError
+from oblivio.gateway.chat_core import (
+    FINISH_REFUSED,
+    ChatCore,
+    ChatInputError,
+    GateOutcome,
+    Message,
+    ModelNotServedError,
+    SamplingRequest,
+)
+
+LOG = logging.getLogger(__name__)
+
+DECISION_HEADER = "x-oblivio-decision"
+POLICY_HEADER = "x-oblivio-policy-version"
+# OpenAI has no "refused by a gateway" reason; content_filter is the one clients already handle.
+OPENAI_FINISH = {"stop": "stop", "length": "length", FINISH_REFUSED: "content_filter"}
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def to_message(self, index: int) -> Message:
+        if self.content is None:
+            raise ChatInputError(f"messages[{index}].content is required")
+        if isinstance(self.content, str):
+            return Message(self.role, self.content)
+        if any(part.type != "text" or part.text is None for part in self.content):
+            raise ChatInputError(f"messages[{index}].content: only text parts are supported")
+        return Message(self.role, "".join(part.text or "" for part in self.content))
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's request the gateway honours; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling(self) -> SamplingRequest:
+        if self.n != 1:
+            raise ChatInputError("n must be 1: the gateway returns one choice per request")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingRequest(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens,
+            stop=stop,
+            seed=self.seed,
+        )
+
+
+def error_response(status: int, message: str, *, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": kind, "param": param, "code": code}},
+    )
+
+
+def decision_json(outcome: GateOutcome) -> dict[str, Any]:
+    decision = outcome.decision
+    return {
+        "decision": decision.label,
+        "refused": decision.refuse,
+        "policy_version": decision.policy_version,
+        "adapters": [{"name": name, "scale": scale} for name, scale in decision.adapters],
+        "forget_sets": [
+            {
+                "name": v.name,
+                "score": None if v.score != v.score else v.score,  # NaN is not JSON
+                "matched": v.matched,
+                "scale": v.scale,
+                "reason": v.reason,
+            }
+            for v in decision.verdicts
+        ],
+        "detector_error": outcome.detector_error,
+    }
+
+
+def decision_header(outcome: GateOutcome) -> str:
+    """Compact, greppable form: ``adapter; adapters=paris:0.5,rome:1; policy_version=3``."""
+    decision = outcome.decision
+    parts = [decision.label]
+    if decision.adapters:
+        parts.append("adapters=" + ",".join(f"{name}:{scale:g}" for name, scale in decision.adapters))
+    matched = [v.name for v in decision.verdicts if v.matched]
+    if matched:
+        parts.append("matched=" + ",".join(matched))
+    parts.append(f"policy_version={decision.policy_version}")
+    return "; ".join(parts)
+
+
+def _error_for(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ModelNotServedError):
+        return error_response(404, str(exc), kind="invalid_request_error", param="model", code="model_not_found")
+    if isinstance(exc, ValueError):
+        return error_response(400, str(exc), kind="invalid_request_error")
+    if isinstance(exc, BackendError):
+        return error_response(503, str(exc), kind="server_error", code="backend_unavailable")
+    LOG.exception("chat completion failed", exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
+
+
+def create_app(chat: ChatCore, *, authenticator: Any = None, metrics_app: Any = None) -> FastAPI:
+    """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat."""
+    app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ready = False
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}", kind="invalid_request_error", param=where or None)
+
+    def _check_auth(request: Request) -> JSONResponse | None:
+        if authenticator is None:
+            return None
+        from oblivio.gateway.auth import AuthError, Scope
+
+        try:
+            authenticator.check(Scope.CHAT, request.headers.get("authorization"))
+        except AuthError as exc:
+            status = 401 if exc.unauthenticated else 403
+            return error_response(status, str(exc), kind="invalid_request_error", code="invalid_api_key")
+        return None
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = app.state.ready and await chat.backend.healthy()
+        return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        if (denied := _check_auth(request)) is not None:
+            return denied
+        return JSONResponse({
+            "object": "list",
+            "data": [{"id": chat.served_model, "object": "model", "created": 0, "owned_by": "oblivio"}],
+        })
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        if (denied := _check_auth(request)) is not None:
+            return denied
+        try:
+            messages = [m.to_message(i) for i, m in enumerate(body.messages)]
+            session = await chat.start(
+                messages, body.sampling(), model=body.model, endpoint="http.chat_completions"
+            )
+        except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
+            return _error_for(exc)
+        headers = {DECISION_HEADER: decision_header(session.outcome), POLICY_HEADER: str(session.outcome.decision.policy_version)}
+        created = int(time.time())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(session, created, include_usage),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        try:
+            text = "".join([chunk.text async for chunk in session.chunks()])
+        except Exception as exc:  # noqa: BLE001
+            return _error_for(exc)
+        finish = OPENAI_FINISH.get(session.finish_reason or "stop", "stop")
+        return JSONResponse(
+            {
+                "id": session.request_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": chat.served_model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(session.prompt_tokens, session.completion_tokens),
+                "oblivio": decision_json(session.outcome),
+            },
+            headers=headers,
+        )
+
+    async def _sse(session: Any, created: int, include_usage: bool) -> AsyncIterator[str]:
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            payload = {
+                "id": session.request_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.served_model,
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        yield event(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            oblivio=decision_json(session.outcome),
+        )
+        try:
+            async for chunk in session.chunks():
+                finish = OPENAI_FINISH.get(chunk.finish_reason, "stop") if chunk.finish_reason else None
+                if chunk.text or finish:
+                    delta = {"content": chunk.text} if chunk.text else {}
+                    yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
+        except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
+            response = _error_for(exc)
+            yield f"data: {response.body.decode()}\n\n"
+            return
+        if include_usage:
+            yield event([], usage=_usage(session.prompt_tokens, session.completion_tokens))
+        yield "data: [DONE]\n\n"
+
+    if metrics_app is not None:
+        app.mount("/metrics", metrics_app)
+    return app
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+

@@ -1,0 +1,119 @@
+"""The live parts of one gateway process, built once and shared by every service.
+
+Why one object: gRPC Chat, gRPC Admin (gate + registration mixins) and the OpenAI HTTP app
+must act on the SAME backend, detector bank and policy store, or an operator's change would
+reach one front door and not the other. Tests build a Runtime around a backend they already
+started (the session-scoped reference or vLLM backend) instead of loading a second model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from oblivio.gateway.backends.base import GenerationBackend
+from oblivio.gateway.chat_core import ChatCore, ScoringBank
+from oblivio.gateway.config import OblivioConfig
+from oblivio.gateway.policy_store import PolicyStore
+
+LOG = logging.getLogger(__name__)
+
+# Sentinel for "build the detector bank from config" (None means "run without a detector").
+BUILD_FROM_CONFIG: Any = object()
+
+
+@dataclass
+class Runtime:
+    config: OblivioConfig
+    tokenizer: Any
+    backend: GenerationBackend
+    detector: ScoringBank | None
+    policy_store: PolicyStore
+    metrics: Any
+    chat: ChatCore
+    registration: Any = None  # oblivio.adapters.pipeline.RegistrationPipeline once it exists
+    owns_backend: bool = True  # close the backend on shutdown (False when a fixture owns it)
+
+    async def close(self) -> None:
+        """Stop background work, then the backend (if this runtime started it)."""
+        stop = getattr(self.registration, "close", None)
+        if stop is not None:
+            result = stop()
+            if hasattr(result, "__await__"):
+                await result
+        self.chat.close()
+        if self.owns_backend:
+            await self.backend.close()
+
+
+def build_detector(config: OblivioConfig) -> ScoringBank | None:
+    """The detector bank over the base model's early layers; None if the package is missing.
+
+    Saved forget-set scorers are loaded into the bank by the registration pipeline on start
+    (it owns which sets exist), so a fresh bank starts empty here.
+    """
+    try:
+        from oblivio.detector import DetectorBank, FeatureExtractor
+    except ImportError as exc:
+        LOG.warning("detector unavailable (%s); serving without forget-set detection", exc)
+        return None
+    extractor = FeatureExtractor.from_pretrained(
+        config.model_path,
+        layers=tuple(config.detector.layers),
+        max_prompt_tokens=config.detector.max_prompt_tokens,
+    )
+    return DetectorBank(extractor)
+
+
+def build_metrics() -> Any:
+    """This process's Prometheus metrics, in their own registry (see oblivio.gateway.metrics)."""
+    from oblivio.gateway.metrics import GatewayMetrics
+
+    return GatewayMetrics()
+
+
+async def build_runtime(
+    config: OblivioConfig,
+    *,
+    backend: GenerationBackend | None = None,
+    detector: Any = BUILD_FROM_CONFIG,
+    tokenizer: Any = None,
+) -> Runtime:
+    """Assemble (and start) everything a gateway serves from.
+
+    ``backend`` given = already started and owned by the caller; otherwise one is built from
+    ``config.engine`` and started here.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model_path)
+    owns_backend = backend is None
+    if backend is None:
+        from oblivio.gateway.backends.factory import build_backend
+
+        backend = build_backend(config)
+        await backend.start()
+    if detector is BUILD_FROM_CONFIG:
+        detector = build_detector(config)
+    store = PolicyStore(config.artifacts_path / "gate", config.gate)
+    metrics = build_metrics()
+    chat = ChatCore(
+        tokenizer=tokenizer,
+        backend=backend,
+        policy_store=store,
+        detector=detector,
+        max_model_len=config.model.max_model_len,
+        served_model=config.model.served_name,
+        metrics=metrics,
+    )
+    return Runtime(
+        config=config,
+        tokenizer=tokenizer,
+        backend=backend,
+        detector=detector,
+        policy_store=store,
+        metrics=metrics,
+        chat=chat,
+        owns_backend=owns_backend,
+    )

@@ -1,0 +1,178 @@
+"""One process, one event loop: gRPC (Chat, Admin, health, reflection) and the OpenAI-compatible
+HTTP app side by side over the same Runtime.
+
+Why the same loop: both front doors then share the backend's async streams, the detector's
+micro-batcher and the policy store without any cross-thread hand-off, and one graceful
+shutdown drains both. Port 0 binds an ephemeral port (tests); the bound ports are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from oblivio.gateway.config import OblivioConfig
+from oblivio.gateway.grpc_server import GrpcServer
+from oblivio.gateway.openai_http import create_app
+from oblivio.gateway.runtime import Runtime, build_runtime
+
+LOG = logging.getLogger(__name__)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the Gateway decides when to shut down."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _metrics_app(runtime: Runtime) -> Any:
+    from prometheus_client import REGISTRY, make_asgi_app
+
+    return make_asgi_app(registry=getattr(runtime.metrics, "registry", None) or REGISTRY)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind HTTP to {host}:{port}: {exc.strerror}") from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class Gateway:
+    """Starts and stops both servers around a Runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        server_config = runtime.config.server
+        self.host = server_config.host
+        self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port)
+        authenticator = None
+        auth = getattr(runtime.config, "auth", None)
+        if auth is not None:
+            from oblivio.gateway.auth import Authenticator
+
+            authenticator = Authenticator.from_config(auth)
+        self.app = create_app(runtime.chat, authenticator=authenticator, metrics_app=_metrics_app(runtime))
+        self.http_port: int | None = None
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @classmethod
+    async def create(cls, config: OblivioConfig, **runtime_kwargs: Any) -> "Gateway":
+        """Build the Runtime (loads the model, backend and detector) and wrap it."""
+        return cls(await build_runtime(config, **runtime_kwargs))
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{_url_host(self.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.http_port}"
+
+    async def start(self) -> None:
+        config = self.runtime.config.server
+        await self.grpc.start()
+        sock = _bind(self.host, config.http_port)
+        self.http_port = sock.getsockname()[1]
+        uv_config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)) if config.shutdown_grace_s else None,
+            limit_concurrency=config.max_concurrent_requests * 2,
+        )
+        self._http = _EmbeddedUvicorn(uv_config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="oblivio-http")
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task  # surfaces the bind/start error
+                raise RuntimeError("HTTP server exited during start")
+            await asyncio.sleep(0.01)
+        await self.grpc.mark_serving()
+        self.app.state.ready = True
+        LOG.info("gRPC on %s, HTTP on %s", self.grpc_target, self.http_url)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight ones get ``grace`` seconds."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.runtime.config.server.shutdown_grace_s if grace is None else grace
+        self.app.state.ready = False
+        if self._http is not None:
+            self._http.config.timeout_graceful_shutdown = max(1, int(grace)) if grace else None
+            self._http.should_exit = True
+        await self.grpc.stop(grace)
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+        await self.runtime.close()
+
+
+def _ensure_model(config: OblivioConfig) -> None:
+    if config.model.path is not None:
+        if not config.model.path.exists():
+            raise FileNotFoundError(f"model.path {config.model.path} does not exist")
+        return
+    from oblivio.gateway.model_fetch import fetch_default_model
+
+    fetch_default_model(config.model_path)
+
+
+async def serve(config: OblivioConfig) -> int:
+    """Start, print the addresses, wait for SIGINT/SIGTERM, drain, stop."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = await Gateway.create(config)
+    try:
+        await gateway.start()
+        print(f"oblivio: gRPC listening on {gateway.grpc_target}", flush=True)
+        print(f"oblivio: OpenAI-compatible HTTP on {gateway.http_url}/v1 (metrics: {gateway.http_url}/metrics)", flush=True)
+        await stop.wait()
+        print(f"oblivio: shutting down (grace {config.server.shutdown_grace_s:g}s)", flush=True)
+    finally:
+        await gateway.stop()
+    return 0
+
+
+def run_server(config: OblivioConfig) -> int:
+    """Entry point of ``oblivio serve``; returns the process exit code."""
+    try:
+        _ensure_model(config)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"oblivio: cannot prepare the model: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"oblivio: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,61 @@
+"""Serving fixtures: one gateway on ephemeral ports over the shared reference backend.
+
+Session-scoped because building the runtime loads a tokenizer (and, once the detector package
+exists, its feature model); the gRPC and HTTP servers themselves are cheap. Tests talk to it
+over real sockets with grpc.aio and the async OpenAI client: the servers run on the same
+event loop as the tests, so a blocking client would deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from oblivio.gateway.config import OblivioConfig, load_config
+
+
+def serving_config(model_path: Path, home: Path, **overrides: Any) -> OblivioConfig:
+    """A config for a test gateway: ephemeral ports, private home, reference backend."""
+    values: dict[str, Any] = {
+        "home": str(home),
+        "model.path": str(model_path),
+        "server.grpc_port": 0,
+        "server.http_port": 0,
+        "server.shutdown_grace_s": 5,
+        "engine.backend": "reference",
+    }
+    values.update(overrides)
+    return load_config(overrides=values, environ={})
+
+
+@pytest.fixture(scope="session")
+async def serving_gateway(
+    model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Any]:
+    """A started Gateway (gRPC + HTTP) without forget sets, over ``reference_backend``."""
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path_factory.mktemp("serving_home"))
+    gateway = await Gateway.create(config, backend=reference_backend, detector=None)
+    await gateway.start()
+    yield gateway
+    await gateway.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def grpc_channel(serving_gateway: Any) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(serving_gateway.grpc_target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+async def openai_client(serving_gateway: Any) -> AsyncIterator[Any]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{serving_gateway.http_url}/v1", api_key="unused", max_retries=0)
+    yield client
+    await client.close()
