@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from oblivio.gateway import cli_model, cli_serve
+from oblivio.gateway import cli_gate, cli_model, cli_serve
 from oblivio.gateway.config import ConfigError
 
-SUBCOMMAND_MODULES = (cli_model, cli_serve)
+SUBCOMMAND_MODULES = (cli_model, cli_serve, cli_gate)
 
 
 def build_parser() -> argparse.ArgumentParser:
