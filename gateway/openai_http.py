@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from oblivio.gateway.backends.base import BackendError
@@ -146,8 +146,9 @@ def _error_for(exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
 
 
-def create_app(chat: ChatCore, *, authenticator: Any = None, metrics_app: Any = None) -> FastAPI:
-    """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat."""
+def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None) -> FastAPI:
+    """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat;
+    ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered at ``/metrics``."""
     app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ready = False
 
@@ -258,8 +259,14 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics_app: Any = 
             yield event([], usage=_usage(session.prompt_tokens, session.completion_tokens))
         yield "data: [DONE]\n\n"
 
-    if metrics_app is not None:
-        app.mount("/metrics", metrics_app)
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        if metrics is not None:
+            return Response(metrics.render(), media_type=metrics.content_type)
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

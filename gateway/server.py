@@ -35,12 +35,6 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _metrics_app(runtime: Runtime) -> Any:
-    from prometheus_client import REGISTRY, make_asgi_app
-
-    return make_asgi_app(registry=getattr(runtime.metrics, "registry", None) or REGISTRY)
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -73,7 +67,7 @@ class Gateway:
             from oblivio.gateway.auth import Authenticator
 
             authenticator = Authenticator.from_config(auth)
-        self.app = create_app(runtime.chat, authenticator=authenticator, metrics_app=_metrics_app(runtime))
+        self.app = create_app(runtime.chat, authenticator=authenticator, metrics=runtime.metrics)
         self.http_port: int | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
