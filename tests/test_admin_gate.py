@@ -175,3 +175,185 @@ async def test_cli_reports_server_errors_clearly(gate_gateway, capsys: pytest.Ca
     assert "nothing to change" in capsys.readouterr().err
     assert await _cli("gate", "explain", "hello", "--what-if", "bogus", *address) == 2
     assert "expected [SET:]FIELD=VALUE" in capsys.readouterr().err
+
+
+# ---- with a real fitted detector ------------------------------------------------------------
+@pytest.fixture(scope="module")
+async def detector_gateway(
+    model_path: Path, reference_backend, lora_adapters, gate_detector_bank, tmp_path_factory: pytest.TempPathFactory
+):
+    """A gateway whose detector knows ``gate_authors`` and whose backend serves its adapter."""
+    from fixtures_gate import GATE_SET
+    from fixtures_serving import serving_config
+
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path_factory.mktemp("gate_detector_home"))
+    gateway = await Gateway.create(config, backend=reference_backend, detector=gate_detector_bank)
+    gateway.runtime.policy_store.register_set(GATE_SET)
+    await reference_backend.add_adapter(GATE_SET, lora_adapters["alpha"])
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop(grace=1)
+        await reference_backend.remove_adapter(GATE_SET)
+
+
+@pytest.fixture(scope="module")
+async def detector_admin(detector_gateway):
+    async with grpc.aio.insecure_channel(detector_gateway.grpc_target) as channel:
+        yield oblivio_pb2_grpc.AdminStub(channel), oblivio_pb2_grpc.ChatStub(channel)
+
+
+def _user(text: str) -> list[pb.ChatMessage]:
+    return [pb.ChatMessage(role=pb.ROLE_USER, content=text)]
+
+
+def _set_changes(**fields) -> list[pb.UpdateGatePolicyRequest]:
+    from fixtures_gate import GATE_SET
+
+    return [pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(**fields))]
+
+
+async def test_explain_reports_scores_decision_and_reasons(detector_admin, detector_gateway) -> None:
+    from fixtures_gate import FORGET_PROBES, GATE_SET, KEEP_PROBES
+
+    admin, _ = detector_admin
+    live = detector_gateway.runtime.policy_store.current()
+    threshold = live.for_set(GATE_SET).threshold
+    for prompt in (FORGET_PROBES[0], KEEP_PROBES[0]):
+        result = await admin.Explain(pb.ExplainRequest(messages=_user(prompt)))
+        assert result.scored_text == prompt and result.detector_ms > 0
+        (verdict,) = result.decision.verdicts
+        assert verdict.forget_set == GATE_SET and 0.0 <= verdict.score <= 1.0
+        assert verdict.matched == (verdict.score >= threshold)
+        assert f"threshold {threshold:.3f}" in verdict.reason
+        applied = {a.name: a.scale for a in result.decision.adapters}
+        assert (GATE_SET in applied) == verdict.matched
+        assert result.decision.policy_version == live.version
+
+    # What-if: the same prompt under proposed changes, without touching the live policy.
+    catch_all = await admin.Explain(pb.ExplainRequest(messages=_user(KEEP_PROBES[0]), proposed_changes=_set_changes(threshold=0.0)))
+    assert catch_all.decision.policy_version == 0  # a what-if policy, never a live version
+    assert [a.name for a in catch_all.decision.adapters] == [GATE_SET]
+    refuse = await admin.Explain(
+        pb.ExplainRequest(messages=_user(KEEP_PROBES[0]), proposed_changes=_set_changes(threshold=0.0, mode=pb.GATE_MODE_REFUSAL))
+    )
+    assert refuse.decision.refused and "mode refusal" in refuse.decision.verdicts[0].reason
+    assert detector_gateway.runtime.policy_store.current() is live
+
+
+async def test_explain_batch_keeps_order_and_separates_topics(detector_admin, tmp_path: Path, capsys, detector_gateway) -> None:
+    from fixtures_gate import FORGET_PROBES, KEEP_PROBES
+
+    admin, _ = detector_admin
+    prompts = [*FORGET_PROBES, *KEEP_PROBES]
+    response = await admin.ExplainBatch(
+        pb.ExplainBatchRequest(conversations=[pb.Conversation(messages=_user(p)) for p in prompts])
+    )
+    assert [r.scored_text for r in response.results] == prompts
+    scores = [r.decision.verdicts[0].score for r in response.results]
+    forget_mean = sum(scores[: len(FORGET_PROBES)]) / len(FORGET_PROBES)
+    keep_mean = sum(scores[len(FORGET_PROBES) :]) / len(KEEP_PROBES)
+    assert forget_mean > keep_mean + 0.3, (forget_mean, keep_mean)
+
+    # The same through the CLI, from a file, with results written as JSONL.
+    batch_file = tmp_path / "prompts.jsonl"
+    batch_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:3]))
+    out_file = tmp_path / "results.jsonl"
+    code = await _cli("gate", "explain-batch", str(batch_file), "--out", str(out_file), "--address", detector_gateway.grpc_target)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "3 prompts:" in printed and "gate_authors" in printed
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [row["scored_text"] for row in rows] == prompts[:3]
+
+
+async def test_policy_updates_reach_new_chat_requests_atomically(detector_admin, detector_gateway) -> None:
+    """Concurrent explain + chat traffic while the threshold flips: every response carries one
+    committed version and its verdict is exactly what that version's threshold implies."""
+    from fixtures_gate import FORGET_PROBES, GATE_SET, KEEP_PROBES
+
+    admin, chat = detector_admin
+    store = detector_gateway.runtime.policy_store
+    stop = asyncio.Event()
+    seen: list[pb.ExplainResponse] = []
+
+    async def traffic(prompt: str) -> None:
+        while not stop.is_set():
+            seen.append(await admin.Explain(pb.ExplainRequest(messages=_user(prompt))))
+
+    tasks = [asyncio.create_task(traffic(p)) for p in (FORGET_PROBES[1], KEEP_PROBES[1], FORGET_PROBES[2])]
+    try:
+        for threshold in (0.0, 1.0, 0.0, 1.0, 0.0, 1.0):
+            await admin.UpdateGatePolicy(pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=threshold)))
+            await asyncio.sleep(0.15)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    versions = {r.decision.policy_version for r in seen}
+    assert len(seen) >= 6 and len(versions) >= 2
+    for result in seen:
+        policy = store.get_version(result.decision.policy_version)
+        verdict = result.decision.verdicts[0]
+        threshold = policy.for_set(GATE_SET).threshold
+        assert verdict.matched == (verdict.score >= threshold)
+        assert f"threshold {threshold:.3f}" in verdict.reason
+
+    # A real chat request after the update uses the new version: threshold 0 => adapter applied.
+    applied = await admin.UpdateGatePolicy(
+        pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=0.0))
+    )
+    reply = await chat.Complete(
+        pb.ChatRequest(messages=_user(KEEP_PROBES[2]), sampling=pb.SamplingParams(max_tokens=2)), timeout=120
+    )
+    assert reply.decision.policy_version == applied.version
+    assert [a.name for a in reply.decision.adapters] == [GATE_SET]
+    metrics = detector_gateway.runtime.metrics.registry
+    assert metrics.get_sample_value("oblivio_gate_decisions_total", {"decision": "adapter"}) >= 1
+    assert metrics.get_sample_value("oblivio_detector_score_count", {"forget_set": GATE_SET}) >= 1
+    await admin.UpdateGatePolicy(pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=0.5)))
+
+
+async def test_calibration_report_rpc_writes_plots_and_applies(detector_admin, detector_gateway, tmp_path: Path, capsys) -> None:
+    from fixtures_gate import FORGET_PROBES, GATE_SET, KEEP_PROBES, write_probe_file
+    from PIL import Image
+
+    admin, _ = detector_admin
+    probes = [pb.LabelledProbe(prompt=p, should_forget=True) for p in FORGET_PROBES]
+    probes += [pb.LabelledProbe(prompt=p, should_forget=False) for p in KEEP_PROBES]
+    report = await admin.CalibrationReport(
+        pb.CalibrationReportRequest(forget_set=GATE_SET, probes=probes, target_catch_rate=0.9, apply=True, output_dir="rpc-test")
+    )
+    assert (report.positives, report.negatives) == (10, 10)
+    assert report.roc_auc >= 0.9 and report.catch_rate >= 0.9
+    assert report.HasField("applied_policy_version")
+    store = detector_gateway.runtime.policy_store
+    assert store.current().version == report.applied_policy_version
+    assert store.current().for_set(GATE_SET).threshold == pytest.approx(report.suggested_threshold)
+    calibration_root = detector_gateway.runtime.config.artifacts_path / "calibration"
+    assert len(report.plot_paths) == 2
+    for path in map(Path, report.plot_paths):
+        assert path.is_relative_to(calibration_root / "rpc-test")
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= 300
+            assert len(set(image.convert("L").getdata())) > 10  # drawn, not blank
+    assert json.loads(Path(report.summary_json_path).read_text())["applied_policy_version"] == report.applied_policy_version
+
+    for request, code in (
+        (pb.CalibrationReportRequest(forget_set="ghost", probes=probes), grpc.StatusCode.NOT_FOUND),
+        (pb.CalibrationReportRequest(forget_set=GATE_SET, probes=probes[:3]), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.CalibrationReportRequest(forget_set=GATE_SET, probes=probes, output_dir="../../etc"), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.CalibrationReportRequest(forget_set=GATE_SET, probes=probes, target_fpr=1.5), grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin.CalibrationReport(request)
+        assert info.value.code() == code, info.value.details()
+
+    # The CLI path: probe file in, summary printed.
+    probe_file = write_probe_file(tmp_path / "probes.jsonl")
+    code = await _cli("gate", "calibrate", "--set", GATE_SET, str(probe_file), "--target-fpr", "0.1", "--address", detector_gateway.grpc_target)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "suggested threshold" in out and "ROC AUC" in out and out.count("plot (on the server)") == 2

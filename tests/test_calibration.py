@@ -124,3 +124,32 @@ def test_apply_threshold_creates_a_policy_version(tmp_path: Path) -> None:
     version = apply_suggested_threshold(report, store)
     assert version == 2 and store.current().for_set("authors").threshold == 0.7
     assert json.loads(report.summary_json_path.read_text())["applied_policy_version"] == 2
+
+
+@pytest.mark.slow
+def test_report_on_a_real_fitted_detector(gate_detector_bank, tmp_path: Path) -> None:
+    """Score operator probes with the real detector, write the plots, open them, apply the result."""
+    from fixtures_gate import GATE_SET, write_probe_file
+
+    probes = load_probes(write_probe_file(tmp_path / "probes.jsonl"))
+    store = PolicyStore(tmp_path / "gate", GateConfig())
+    store.register_set(GATE_SET)
+    report = calibrate(
+        GATE_SET,
+        probes,
+        out_dir=tmp_path / "report",
+        scorer=lambda prompts: [s[GATE_SET] for s in gate_detector_bank.score(prompts)],
+        target=CalibrationTarget("catch_rate", 0.9),
+        current_threshold=store.current().for_set(GATE_SET).threshold,
+    )
+    assert (report.positives, report.negatives) == (10, 10)
+    assert all(0.0 <= s <= 1.0 for s in report.positive_scores + report.negative_scores)
+    # Held-out questions about the author vs unrelated chat: the detector must separate them.
+    assert report.roc_auc >= 0.9, report.to_json()
+    assert report.catch_rate >= 0.9
+    for path in report.plot_paths:
+        assert_real_png(path)
+    summary = json.loads(report.summary_json_path.read_text())
+    assert summary["roc_auc"] == report.roc_auc and len(summary["positive_scores"]) == 10
+    apply_suggested_threshold(report, store)
+    assert store.current().for_set(GATE_SET).threshold == report.suggested_threshold
