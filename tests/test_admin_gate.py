@@ -175,6 +175,23 @@ async def test_cli_reports_server_errors_clearly(gate_gateway, capsys: pytest.Ca
     assert "nothing to change" in capsys.readouterr().err
     assert await _cli("gate", "explain", "hello", "--what-if", "bogus", *address) == 2
     assert "expected [SET:]FIELD=VALUE" in capsys.readouterr().err
+    assert await _cli("gate", "explain", "hello", "--what-if", "threshold=7", *address) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    assert await _cli("gate", "explain", "What is rain?", *address) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("base model  [policy v") and "(no forget sets registered)" in out
+
+
+def test_what_if_flags_parse_into_per_set_changes() -> None:
+    from oblivio.gateway.cli_gate import CliInputError, parse_what_if
+
+    requests = parse_what_if(["threshold=0.2", f"{SET}:mode=refusal", f"{SET}:max-scale=0.5", "refusal_threshold=none"])
+    by_set = {r.forget_set: r.changes for r in requests}
+    assert by_set[""].threshold == pytest.approx(0.2) and by_set[""].clear_refusal_threshold
+    assert by_set[SET].mode == pb.GATE_MODE_REFUSAL and by_set[SET].max_scale == 0.5
+    for bad in ("colour=red", "mode=loud", "threshold=", "threshold=high"):
+        with pytest.raises(CliInputError):
+            parse_what_if([bad])
 
 
 # ---- with a real fitted detector ------------------------------------------------------------
