@@ -227,3 +227,19 @@ def test_policy_is_immutable() -> None:
         policy.per_set["b"] = SetPolicy()  # type: ignore[index]
     with pytest.raises(AttributeError):
         policy.version = 2  # type: ignore[misc]
+
+
+@settings(max_examples=300)
+@given(scenarios())
+def test_fail_closed_is_at_least_as_strong_as_any_scored_decision(scenario) -> None:
+    policy, scores, live = scenario
+    closed = GatePolicy(
+        version=policy.version,
+        default=policy.default,
+        per_set=policy.per_set,
+        scale_grid=policy.scale_grid,
+        on_detector_error="fail_closed",
+    )
+    on_error = decide_on_detector_error(scores.keys(), closed, live)
+    assert at_least_as_strong(on_error, decide(scores, closed, live))
+    assert at_least_as_strong(on_error, decide({n: 1.0 for n in scores}, closed, live))
