@@ -73,6 +73,20 @@ def build_metrics() -> Any:
     return GatewayMetrics()
 
 
+def _backend_from_config(config: OblivioConfig) -> GenerationBackend:
+    try:
+        from oblivio.gateway.backends.factory import build_backend
+    except ModuleNotFoundError as exc:
+        # The factory belongs to the backends area; until it exists the reference backend
+        # (which needs no engine configuration) can still be served.
+        if exc.name != "oblivio.gateway.backends.factory" or config.engine.backend != "reference":
+            raise
+        from oblivio.gateway.backends.reference import ReferenceBackend
+
+        return ReferenceBackend(config.model_path, max_model_len=config.model.max_model_len)
+    return build_backend(config)
+
+
 async def build_runtime(
     config: OblivioConfig,
     *,
@@ -90,9 +104,7 @@ async def build_runtime(
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model_path)
     owns_backend = backend is None
     if backend is None:
-        from oblivio.gateway.backends.factory import build_backend
-
-        backend = build_backend(config)
+        backend = _backend_from_config(config)
         await backend.start()
     if detector is BUILD_FROM_CONFIG:
         detector = build_detector(config)

@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.grpc_server import GrpcServer
 from oblivio.gateway.openai_http import create_app
@@ -167,6 +168,7 @@ def run_server(config: OblivioConfig) -> int:
         return 2
     try:
         return asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"oblivio: {exc}", file=sys.stderr)
+    except (OSError, BackendError) as exc:
+        # Port in use, backend cannot load the model, ...: one readable line, not a traceback.
+        print(f"oblivio: cannot start the gateway: {exc}", file=sys.stderr)
         return 1
