@@ -1,0 +1,325 @@
+"""SQLite registry of forget sets and their registration jobs (the source of truth at start-up).
+
+WAL mode so the gateway's readers (List/Get) never wait on the pipeline's writes, and every
+state change is one short transaction: after a crash the database says exactly which step a
+job had reached, which is what resume needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oblivio.adapters.store import validate_name
+
+
+class State(str, enum.Enum):
+    VALIDATING = "VALIDATING"
+    FITTING_DETECTOR = "FITTING_DETECTOR"
+    ENFORCING = "ENFORCING"
+    TRAINING = "TRAINING"
+    PUBLISHING = "PUBLISHING"
+    LOADING = "LOADING"
+    LIVE = "LIVE"
+    FAILED = "FAILED"
+    DELETING = "DELETING"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.LIVE, State.FAILED)
+
+
+PIPELINE_ORDER: tuple[State, ...] = (
+    State.VALIDATING,
+    State.FITTING_DETECTOR,
+    State.ENFORCING,
+    State.TRAINING,
+    State.PUBLISHING,
+    State.LOADING,
+    State.LIVE,
+)
+
+# Forward along the pipeline one step at a time; FAILED from any working state; DELETING from
+# anything. Re-entering the same state is allowed (a resumed job repeats its step).
+ALLOWED: dict[State, frozenset[State]] = {
+    state: frozenset({PIPELINE_ORDER[i + 1], state, State.FAILED, State.DELETING})
+    for i, state in enumerate(PIPELINE_ORDER[:-1])
+}
+ALLOWED[State.LIVE] = frozenset({State.LIVE, State.DELETING})
+ALLOWED[State.FAILED] = frozenset({State.FAILED, State.DELETING})
+ALLOWED[State.DELETING] = frozenset({State.DELETING})
+
+
+class ForgetSetExistsError(FileExistsError):
+    """A set with this name is already registered (gRPC ALREADY_EXISTS)."""
+
+
+class UnknownForgetSetError(LookupError):
+    """No set with this name (gRPC NOT_FOUND)."""
+
+
+class UnknownJobError(LookupError):
+    """No registration job with this id (gRPC NOT_FOUND)."""
+
+
+class InvalidTransitionError(RuntimeError):
+    """A state change the pipeline must never make; a bug, not a user error."""
+
+
+@dataclass
+class ForgetSetRecord:
+    name: str
+    description: str
+    subjects: list[str]
+    method: str
+    keep_data: bool
+    state: State
+    example_count: int
+    data_retained: bool
+    job_id: str
+    error: str
+    adapter_version: int
+    detector_version: int
+    overlaps: dict[str, float]
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class JobRecord:
+    id: str
+    set_name: str
+    state: State
+    fraction: float
+    message: str
+    attempts: int
+    created_at: float
+    updated_at: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS forget_sets (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    subjects TEXT NOT NULL DEFAULT '[]',
+    method TEXT NOT NULL,
+    keep_data INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    example_count INTEGER NOT NULL DEFAULT 0,
+    data_retained INTEGER NOT NULL DEFAULT 1,
+    job_id TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    adapter_version INTEGER NOT NULL DEFAULT 0,
+    detector_version INTEGER NOT NULL DEFAULT 0,
+    overlaps TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    set_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    fraction REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    report TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_set ON jobs(set_name);
+"""
+
+_SET_FIELDS = (
+    "name, description, subjects, method, keep_data, state, example_count, data_retained, job_id, "
+    "error, adapter_version, detector_version, overlaps, created_at, updated_at"
+)
+_JOB_FIELDS = "id, set_name, state, fraction, message, attempts, created_at, updated_at, report"
+
+
+def _set_from_row(row: Sequence[Any]) -> ForgetSetRecord:
+    return ForgetSetRecord(
+        name=row[0], description=row[1], subjects=json.loads(row[2]), method=row[3],
+        keep_data=bool(row[4]), state=State(row[5]), example_count=row[6], data_retained=bool(row[7]),
+        job_id=row[8], error=row[9], adapter_version=row[10], detector_version=row[11],
+        overlaps=json.loads(row[12]), created_at=row[13], updated_at=row[14],
+    )
+
+
+def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        id=row[0], set_name=row[1], state=State(row[2]), fraction=row[3], message=row[4],
+        attempts=row[5], created_at=row[6], updated_at=row[7], report=json.loads(row[8]),
+    )
+
+
+class Registry:
+    """Forget sets + jobs. Thread-safe (one connection guarded by a lock)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ---- creation ---------------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        *,
+        method: str,
+        description: str = "",
+        subjects: Sequence[str] = (),
+        keep_data: bool = False,
+        example_count: int = 0,
+        job_id: str | None = None,
+    ) -> tuple[ForgetSetRecord, JobRecord]:
+        """A new set in VALIDATING with its first job; ALREADY_EXISTS if the name is taken."""
+        validate_name(name)
+        now = time.time()
+        job_id = job_id or uuid.uuid4().hex[:16]
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM forget_sets WHERE name = ?", (name,)).fetchone():
+                raise ForgetSetExistsError(f"forget set {name!r} already exists; delete it first or pick another name")
+            db.execute(
+                f"INSERT INTO forget_sets ({_SET_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (name, description, json.dumps(list(subjects)), method, int(keep_data), State.VALIDATING.value,
+                 example_count, 1, job_id, "", 0, 0, "{}", now, now),
+            )
+            db.execute(
+                f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                (job_id, name, State.VALIDATING.value, 0.0, "accepted", 0, now, now, "{}"),
+            )
+        return self.get(name), self.job(job_id)
+
+    # ---- reads ------------------------------------------------------------------------------
+    def get(self, name: str) -> ForgetSetRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownForgetSetError(f"no forget set named {name!r}")
+        return _set_from_row(row)
+
+    def list(self) -> list[ForgetSetRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets ORDER BY created_at, name").fetchall()
+        return [_set_from_row(row) for row in rows]
+
+    def job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_JOB_FIELDS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no registration job with id {job_id!r}")
+        return _job_from_row(row)
+
+    def jobs_for(self, name: str) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_FIELDS} FROM jobs WHERE set_name = ? ORDER BY created_at", (name,)
+            ).fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def unfinished(self) -> list[ForgetSetRecord]:
+        """Sets whose latest job stopped before a terminal state (to resume at start-up)."""
+        return [record for record in self.list() if not record.state.terminal]
+
+    # ---- updates ----------------------------------------------------------------------------
+    def transition(
+        self, name: str, state: State, *, fraction: float | None = None, message: str = "", error: str = ""
+    ) -> ForgetSetRecord:
+        """Move the set and its current job to ``state``; refuses transitions the pipeline never makes."""
+        state = State(state)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state, job_id FROM forget_sets WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UnknownForgetSetError(f"no forget set named {name!r}")
+            current, job_id = State(row[0]), row[1]
+            if state not in ALLOWED[current]:
+                raise InvalidTransitionError(f"forget set {name!r}: {current.value} -> {state.value} is not allowed")
+            db.execute(
+                "UPDATE forget_sets SET state = ?, error = ?, updated_at = ? WHERE name = ?",
+                (state.value, error, now, name),
+            )
+            if fraction is None:
+                db.execute(
+                    "UPDATE jobs SET state = ?, message = ?, updated_at = ? WHERE id = ?",
+                    (state.value, message, now, job_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE jobs SET state = ?, message = ?, fraction = ?, updated_at = ? WHERE id = ?",
+                    (state.value, message, float(fraction), now, job_id),
+                )
+        return self.get(name)
+
+    def set_progress(self, job_id: str, fraction: float, message: str = "") -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET fraction = ?, message = ?, updated_at = ? WHERE id = ?",
+                (float(fraction), message, time.time(), job_id),
+            )
+
+    def bump_attempts(self, job_id: str) -> int:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE id = ?", (time.time(), job_id))
+            row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no registration job with id {job_id!r}")
+        return int(row[0])
+
+    def update_set(self, name: str, **fields: Any) -> ForgetSetRecord:
+        """Record artifact versions, overlaps, data retention, example count."""
+        allowed = {"adapter_version", "detector_version", "overlaps", "data_retained", "example_count", "error"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update forget set fields {sorted(unknown)}")
+        encoded = {k: (json.dumps(v) if k == "overlaps" else int(v) if k == "data_retained" else v) for k, v in fields.items()}
+        assignments = ", ".join(f"{key} = ?" for key in encoded)
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE forget_sets SET {assignments}, updated_at = ? WHERE name = ?",
+                (*encoded.values(), time.time(), name),
+            )
+            if cursor.rowcount == 0:
+                raise UnknownForgetSetError(f"no forget set named {name!r}")
+        return self.get(name)
+
+    def set_job_report(self, job_id: str, report: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET report = ?, updated_at = ? WHERE id = ?", (json.dumps(report), time.time(), job_id))
+
+    def remove(self, name: str) -> None:
+        """Forget the set and its jobs entirely (the last step of a deletion)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE set_name = ?", (name,))
+            cursor = db.execute("DELETE FROM forget_sets WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise UnknownForgetSetError(f"no forget set named {name!r}")
