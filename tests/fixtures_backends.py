@@ -72,3 +72,33 @@ async def reference_backend(model_path: Path) -> AsyncIterator:
     await backend.start()
     yield backend
     await backend.close()
+
+
+# The scale grid the shared engine's backend serves (the GateConfig default).
+SCALE_GRID = (0.25, 0.5, 0.75, 1.0)
+# KV cache of the shared engine. An explicit size (not a memory share) because on CPU vLLM
+# counts its worker's whole resident memory against the share; 512 MiB holds ~11k tokens.
+VLLM_KV_CACHE_BYTES = 512 << 20
+
+
+@pytest.fixture(scope="session")
+async def vllm_backend(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator:
+    """ONE vLLM engine for the whole session (about a minute to start on CPU), no adapters.
+
+    float32 so its numbers are comparable with the reference backend; two LoRA slots per batch,
+    rank up to 32 (two stacked rank-8 adapters fit), a small share of host memory.
+    """
+    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+    from oblivio.gateway.config import EngineConfig
+
+    engine = EngineConfig(
+        backend="vllm", max_loras=2, max_cpu_loras=8, max_lora_rank=32,
+        dtype="float32", max_num_seqs=16,
+    )
+    backend = VLLMBackend(
+        model_path, engine, SCALE_GRID, tmp_path_factory.mktemp("vllm_work"), max_model_len=2048,
+        engine_overrides={"kv_cache_memory_bytes": VLLM_KV_CACHE_BYTES},
+    )
+    await backend.start()
+    yield backend
+    await backend.close()

@@ -1,0 +1,433 @@
+"""Serving backend: one vLLM ``AsyncLLM`` engine with runtime LoRA adapters.
+
+vLLM applies at most one LoRA per request and has no per-request scale, so every distinct
+(adapter set, scales) a request asks for becomes its own vLLM adapter -- a *variant*:
+
+- one adapter at scale s: s is rounded UP onto the configured scale grid (never less
+  unlearning than the gate asked for) and served by a folder whose adapter_config.json has
+  ``lora_alpha * s`` with the weights linked (``oblivio.adapters.variants.build_scaled``); at
+  scale 1 the registered folder itself is used;
+- several adapters: their exact scaled sum as ONE concatenated adapter of rank sum(r_i)
+  (``build_stacked``), which must fit ``max_lora_rank``.
+
+Variants are built lazily on first use, registered with ``add_lora``, cached and evicted LRU
+(never while a request is using one). Each variant gets its own ``lora_int_id``, never reused,
+so the engine's caches can never confuse two variants. Adapters are added and removed while the
+engine runs; removal retires a variant that requests still use and disposes of it when the last
+one finishes, so no in-flight request loses its adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oblivio.adapters.variants import (
+    AdapterFormatError,
+    build_scaled,
+    build_stacked,
+    max_rank,
+    read_config,
+    round_up_to_grid,
+)
+from oblivio.gateway.backends.base import (
+    AdapterApplication,
+    AdapterNotFoundError,
+    BackendError,
+    GenerationChunk,
+    SamplingSettings,
+    normalize_application,
+    validate_sampling,
+)
+from oblivio.gateway.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+# (adapter name, adapter version, grid scale) for each part of a variant, sorted by name.
+VariantKey = tuple[tuple[str, int, float], ...]
+
+
+@dataclass
+class _Adapter:
+    name: str
+    path: Path
+    version: int
+    rank: int
+
+
+@dataclass
+class _Variant:
+    key: VariantKey
+    lora: Any  # vllm.lora.request.LoRARequest
+    folder: Path | None  # a folder we built (and delete on eviction); None = registered folder
+    in_flight: int = 0
+    retired: bool = False
+    names: frozenset[str] = field(default_factory=frozenset)
+
+
+class VLLMBackend:
+    """``GenerationBackend`` over one ``vllm.v1.engine.async_llm.AsyncLLM`` with LoRA enabled."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        engine: EngineConfig,
+        scale_grid: Sequence[float],
+        work_dir: Path,
+        *,
+        max_model_len: int = 2048,
+        engine_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not scale_grid:
+            raise ValueError("scale_grid must hold at least one scale")
+        self.model_path = Path(model_path)
+        self.engine_config = engine
+        self.scale_grid = tuple(sorted(float(s) for s in scale_grid))
+        self.work_dir = Path(work_dir)
+        self.max_model_len = max_model_len
+        self.engine_overrides = dict(engine_overrides or {})
+        self._engine: Any = None
+        self._variant_dir: Path | None = None
+        self._adapters: dict[str, _Adapter] = {}
+        self._versions = itertools.count(1)
+        self._lora_ids = itertools.count(1)
+        # Live variants, least recently used first.
+        self._variants: OrderedDict[VariantKey, _Variant] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def engine_args(self) -> Any:
+        """The ``AsyncEngineArgs`` this backend starts vLLM with (EngineConfig + overrides)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        cfg = self.engine_config
+        args: dict[str, Any] = dict(
+            model=str(self.model_path),
+            enable_lora=True,
+            max_loras=cfg.max_loras,
+            max_cpu_loras=cfg.max_cpu_loras,
+            max_lora_rank=cfg.max_lora_rank,
+            gpu_memory_utilization=cfg.memory_share,
+            dtype=cfg.dtype,
+            max_num_seqs=cfg.max_num_seqs,
+            max_model_len=self.max_model_len,
+            # On CPU, torch.compile costs minutes at start for little gain on small models.
+            enforce_eager=current_platform.is_cpu(),
+            disable_log_stats=True,
+        )
+        args.update(self.engine_overrides)
+        return AsyncEngineArgs(**args)
+
+    async def start(self) -> None:
+        """Start the engine (about a minute on CPU) without blocking the event loop."""
+        if self._engine is not None:
+            return
+        if self._closed:
+            raise BackendError("vLLM backend is closed")
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # Workers are spawned, not forked: a fork would inherit this process's threads and its
+        # memory (models the gateway holds), which vLLM's CPU worker counts against its share.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # A private folder per backend: several servers may share one work_dir.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._variant_dir = Path(tempfile.mkdtemp(prefix="variants-", dir=self.work_dir))
+        args = self.engine_args()
+        try:
+            self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        except Exception as exc:  # noqa: BLE001 - any start failure means no backend
+            raise BackendError(f"vLLM engine failed to start: {exc}") from exc
+
+    async def close(self) -> None:
+        self._closed = True
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+        self._variants.clear()
+        if self._variant_dir is not None:
+            shutil.rmtree(self._variant_dir, ignore_errors=True)
+
+    async def healthy(self) -> bool:
+        engine = self._engine
+        if engine is None or self._closed or engine.errored:
+            return False
+        try:
+            await engine.check_health()
+        except Exception:  # noqa: BLE001 - unhealthy is the answer, not an error
+            return False
+        return True
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine is still working on (aborted ones leave at once)."""
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def _require_engine(self) -> Any:
+        engine = self._engine
+        if engine is None:
+            raise BackendError("vLLM backend is closed" if self._closed else "vLLM backend is not started")
+        if engine.errored:
+            raise BackendError("vLLM engine is dead; restart the server")
+        return engine
+
+    # ------------------------------------------------------------------ adapters
+
+    def list_adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def live_variants(self) -> list[tuple[VariantKey, int]]:
+        """(key, lora_int_id) of every variant registered with the engine, LRU first."""
+        return [(key, v.lora.lora_int_id) for key, v in self._variants.items()]
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        """Register ``path`` under ``name``; an existing ``name`` is replaced by the new version.
+
+        The adapter is loaded into the engine at once (at the grid's largest scale), so an
+        adapter vLLM cannot serve fails here, at registration, not in a user's request.
+        """
+        if not name:
+            raise ValueError("adapter name must be non-empty")
+        path = Path(path).resolve()
+        try:
+            rank = max_rank(read_config(path))
+        except AdapterFormatError as exc:
+            raise ValueError(str(exc)) from exc
+        if rank > self.engine_config.max_lora_rank:
+            raise ValueError(
+                f"adapter {name!r} has rank {rank}, above engine max_lora_rank "
+                f"{self.engine_config.max_lora_rank}"
+            )
+        self._require_engine()
+        adapter = _Adapter(name=name, path=path, version=next(self._versions), rank=rank)
+        async with self._lock:
+            previous = self._adapters.get(name)
+            key: VariantKey = ((name, adapter.version, self.scale_grid[-1]),)
+            self._adapters[name] = adapter
+            try:
+                await self._create_variant(key)
+            except Exception as exc:
+                if previous is None:
+                    del self._adapters[name]
+                else:
+                    self._adapters[name] = previous
+                self._require_engine()  # a dead engine is the backend's failure, not the adapter's
+                raise ValueError(f"vLLM cannot load adapter {name!r} from {path}: {exc}") from exc
+            if previous is not None:
+                await self._retire(lambda v: name in v.names and v.key != key)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Forget ``name``; its variants leave the engine once no request uses them."""
+        async with self._lock:
+            if self._adapters.pop(name, None) is None:
+                raise AdapterNotFoundError(name)
+            await self._retire(lambda v: name in v.names)
+
+    async def _retire(self, predicate: Any) -> None:
+        for key in [k for k, v in self._variants.items() if predicate(v)]:
+            variant = self._variants.pop(key)
+            variant.retired = True
+            if variant.in_flight == 0:
+                await self._dispose(variant)
+
+    async def _dispose(self, variant: _Variant) -> None:
+        engine = self._engine
+        if engine is not None and not engine.errored:
+            try:
+                await engine.remove_lora(variant.lora.lora_int_id)
+            except Exception:  # noqa: BLE001 - the engine may already have evicted it
+                log.debug("remove_lora(%s) failed", variant.lora.lora_int_id, exc_info=True)
+        self._delete_folder(variant)
+
+    @staticmethod
+    def _delete_folder(variant: _Variant) -> None:
+        if variant.folder is not None:
+            shutil.rmtree(variant.folder, ignore_errors=True)
+
+    def _variant_key(self, adapters: tuple[tuple[str, float], ...]) -> VariantKey:
+        parts = []
+        for name, scale in adapters:
+            parts.append((name, self._adapters[name].version, round_up_to_grid(scale, self.scale_grid)))
+        return tuple(sorted(parts))
+
+    async def _create_variant(self, key: VariantKey) -> _Variant:
+        """Build the folder (in a thread), register it with the engine, cache it (lock held)."""
+        from vllm.lora.request import LoRARequest
+
+        engine = self._require_engine()
+        lora_id = next(self._lora_ids)
+        label = "+".join(f"{name}@{scale:g}" for name, _, scale in key)
+        assert self._variant_dir is not None
+        folder: Path | None = self._variant_dir / f"lora-{lora_id}"
+        if len(key) == 1 and key[0][2] == 1.0:
+            path, folder = self._adapters[key[0][0]].path, None
+        elif len(key) == 1:
+            name, _, scale = key[0]
+            path = await asyncio.to_thread(build_scaled, self._adapters[name].path, scale, folder)
+        else:
+            total = sum(self._adapters[name].rank for name, _, _ in key)
+            if total > self.engine_config.max_lora_rank:
+                raise BackendError(
+                    f"applying {label} together needs LoRA rank {total}, above the engine's "
+                    f"max_lora_rank {self.engine_config.max_lora_rank}; raise engine.max_lora_rank"
+                )
+            parts = [(self._adapters[name].path, scale) for name, _, scale in key]
+            path = await asyncio.to_thread(
+                build_stacked, parts, folder, max_lora_rank=self.engine_config.max_lora_rank
+            )
+        variant = _Variant(
+            key=key,
+            lora=LoRARequest(lora_name=f"{label}#{lora_id}", lora_int_id=lora_id, lora_path=str(path)),
+            folder=folder,
+            names=frozenset(name for name, _, _ in key),
+        )
+        try:
+            await engine.add_lora(variant.lora)
+        except Exception:
+            self._delete_folder(variant)
+            raise
+        self._variants[key] = variant
+        await self._evict_over_capacity()
+        return variant
+
+    async def _evict_over_capacity(self) -> None:
+        """Keep at most ``max_cpu_loras`` variants; skip those requests are using right now."""
+        excess = len(self._variants) - self.engine_config.max_cpu_loras
+        for key in [k for k, v in self._variants.items() if v.in_flight == 0]:
+            if excess <= 0:
+                break
+            await self._dispose(self._variants.pop(key))
+            excess -= 1
+
+    async def _acquire(self, adapters: tuple[tuple[str, float], ...]) -> _Variant | None:
+        if not adapters:
+            return None
+        async with self._lock:
+            for name, _ in adapters:  # removed between the call and now
+                if name not in self._adapters:
+                    raise AdapterNotFoundError(name)
+            key = self._variant_key(adapters)
+            variant = self._variants.get(key)
+            if variant is None:
+                try:
+                    variant = await self._create_variant(key)
+                except (BackendError, AdapterFormatError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - engine-side load failure
+                    raise BackendError(f"vLLM could not load adapter variant: {exc}") from exc
+            else:
+                self._variants.move_to_end(key)
+            variant.in_flight += 1
+            return variant
+
+    async def _release(self, variant: _Variant | None) -> None:
+        if variant is None:
+            return
+        variant.in_flight -= 1
+        if variant.retired and variant.in_flight == 0:
+            await self._dispose(variant)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingSettings,
+        application: AdapterApplication,
+        request_id: str,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Validate now (bad requests fail at the call), then stream DELTA outputs from vLLM."""
+        self._require_engine()
+        validate_sampling(sampling)
+        adapters = normalize_application(application, self._adapters)
+        self._variant_key(adapters)  # a scale above the grid fails here, at the call
+        prompt = [int(t) for t in prompt_token_ids]
+        if not prompt:
+            raise ValueError("prompt must contain at least one token")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(prompt)} tokens; max_model_len is {self.max_model_len}")
+        return self._stream(prompt, sampling, adapters, request_id)
+
+    def _sampling_params(self, sampling: SamplingSettings) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            logprobs=sampling.logprobs,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def _stream(
+        self,
+        prompt: list[int],
+        sampling: SamplingSettings,
+        adapters: tuple[tuple[str, float], ...],
+        request_id: str,
+    ) -> AsyncIterator[GenerationChunk]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        engine = self._require_engine()
+        params = self._sampling_params(sampling)
+        variant = await self._acquire(adapters)
+        # The caller's id may repeat (retries, several backends); the engine's must not.
+        engine_request_id = f"{request_id}-{uuid.uuid4().hex[:12]}"
+        finished = False
+        completion_tokens = 0
+        outputs = engine.generate(
+            TokensPrompt(prompt_token_ids=prompt),
+            params,
+            request_id=engine_request_id,
+            lora_request=variant.lora if variant is not None else None,
+        )
+        try:
+            async for output in outputs:
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                finished = output.finished
+                yield GenerationChunk(
+                    text=completion.text,
+                    token_ids=list(completion.token_ids),
+                    logprobs=_convert_logprobs(completion.logprobs) if sampling.logprobs is not None else None,
+                    finish_reason=completion.finish_reason if output.finished else None,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=completion_tokens,
+                )
+        except (VLLMClientError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - EngineDeadError, EngineGenerateError, ...
+            raise BackendError(f"vLLM generation failed: {exc!r}") from exc
+        finally:
+            # Closing vLLM's generator aborts the request inside the engine.
+            await outputs.aclose()
+            if not finished and self._engine is not None and not self._engine.errored:
+                try:
+                    await self._engine.abort(engine_request_id)
+                except Exception:  # noqa: BLE001 - already gone is fine
+                    log.debug("abort(%s) failed", engine_request_id, exc_info=True)
+            await self._release(variant)
+
+
+def _convert_logprobs(entries: Any) -> list[dict[int, float]]:
+    """vLLM's per-position {token_id: Logprob} into plain {token_id: logprob} dicts."""
+    if entries is None:
+        return []
+    return [{int(t): float(lp.logprob) for t, lp in (entry or {}).items()} for entry in entries]

@@ -1,0 +1,225 @@
+"""VLLMBackend on a real vLLM engine (CPU), checked against the exact reference backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from oblivio.gateway.backends.base import (
+    AdapterApplication,
+    AdapterNotFoundError,
+    GenerationBackend,
+    SamplingSettings,
+)
+from oblivio.gateway.backends.factory import build_backend
+from oblivio.gateway.config import load_config
+
+QUESTION = "What is the capital of France?"
+# Largest |logprob(vLLM) - logprob(reference)| accepted for the same token, same step, fp32.
+# Measured on CPU, fp32: at most 3.0e-05 (printed with -s), so 1e-3 leaves a wide margin. Both
+# backends run fp32, but
+# vLLM's CPU kernels (fused qkv, punica LoRA ops, paged attention) sum in another order.
+LOGPROB_TOLERANCE = 1e-3
+
+
+async def collect(backend, ids, sampling, adapters=()):
+    chunks = [c async for c in backend.generate(ids, sampling, AdapterApplication(tuple(adapters)), "t")]
+    return chunks
+
+
+def tokens(chunks):
+    return [t for c in chunks for t in c.token_ids]
+
+
+def steps(chunks):
+    return [lp for c in chunks for lp in c.logprobs]
+
+
+def assert_same_distribution(vllm_chunks, reference_chunks):
+    """Same greedy tokens; every top-k token both report has (nearly) the same logprob."""
+    assert tokens(vllm_chunks) == tokens(reference_chunks)
+    worst = 0.0
+    for got, want in zip(steps(vllm_chunks), steps(reference_chunks), strict=True):
+        assert max(got, key=got.get) == max(want, key=want.get)
+        shared = got.keys() & want.keys()
+        assert len(shared) >= len(want) - 1  # the k-th token may swap on a near tie
+        worst = max([worst, *(abs(got[t] - want[t]) for t in shared)])
+    print(f"max |logprob diff| = {worst:.2e}")
+    assert worst < LOGPROB_TOLERANCE
+    return worst
+
+
+def test_factory_picks_the_configured_backend(tmp_path, model_path):
+    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+
+    env = {"OBLIVIO_HOME": str(tmp_path)}
+    ref = build_backend(load_config(overrides={"engine.backend": "reference", "model.path": str(model_path)}, environ=env))
+    assert isinstance(ref, ReferenceBackend) and ref.model_path == model_path
+    vllm = build_backend(load_config(overrides={"engine.backend": "vllm", "engine.max_lora_rank": 16}, environ=env))
+    assert isinstance(vllm, VLLMBackend) and isinstance(vllm, GenerationBackend)
+    args = vllm.engine_args()
+    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 2
+
+
+
+
+@pytest.fixture(scope="module")
+async def both(vllm_backend, reference_backend, lora_adapters):
+    """alpha and beta registered with both backends."""
+    for backend in (vllm_backend, reference_backend):
+        for name, path in lora_adapters.items():
+            await backend.add_adapter(name, path)
+    yield vllm_backend, reference_backend
+    for backend in (vllm_backend, reference_backend):
+        for name in lora_adapters:
+            if name in backend.list_adapters():
+                await backend.remove_adapter(name)
+
+
+@pytest.mark.slow
+async def test_engine_is_healthy_and_serves_the_base_model(both, chat_prompt):
+    vllm, reference = both
+    assert isinstance(vllm, GenerationBackend)
+    assert await vllm.healthy()
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=20, logprobs=3)
+    got = await collect(vllm, ids, sampling)
+    assert "Paris" in "".join(c.text for c in got)
+    assert got[-1].finish_reason == "stop" and got[-1].completion_tokens == len(tokens(got))
+    assert got[-1].prompt_tokens == len(ids)
+    assert_same_distribution(got, await collect(reference, ids, sampling))
+
+
+@pytest.mark.slow
+async def test_adapter_changes_output(both, chat_prompt):
+    vllm, _ = both
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=16)
+    base = await collect(vllm, ids, sampling)
+    with_alpha = await collect(vllm, ids, sampling, [("alpha", 1.0)])
+    assert tokens(base) != tokens(with_alpha)
+    # scale 0 means no adapter at all
+    assert tokens(await collect(vllm, ids, sampling, [("alpha", 0.0)])) == tokens(base)
+
+
+@pytest.mark.slow
+async def test_scaled_adapter_matches_reference(both, chat_prompt):
+    vllm, reference = both
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=12, logprobs=5)
+    got = await collect(vllm, ids, sampling, [("alpha", 0.5)])
+    want = await collect(reference, ids, sampling, [("alpha", 0.5)])
+    assert_same_distribution(got, want)
+    # 0.4 is not on the grid: served at 0.5, never less.
+    rounded = await collect(vllm, ids, sampling, [("alpha", 0.4)])
+    assert tokens(rounded) == tokens(got)
+    assert steps(rounded) == steps(got)
+
+
+@pytest.mark.slow
+async def test_two_adapters_apply_their_exact_sum(both, chat_prompt):
+    vllm, reference = both
+    ids = chat_prompt("Name three colours.")
+    sampling = SamplingSettings(max_tokens=12, logprobs=5)
+    stack = [("alpha", 0.5), ("beta", 1.0)]
+    got = await collect(vllm, ids, sampling, stack)
+    assert_same_distribution(got, await collect(reference, ids, sampling, stack))
+    # One concatenated adapter of rank 8 + 8 was registered, and it is reused (cached).
+    stacked_keys = [key for key, _ in vllm.live_variants() if len(key) == 2]
+    assert len(stacked_keys) == 1
+    again = await collect(vllm, ids, sampling, list(reversed(stack)))
+    assert tokens(again) == tokens(got)
+    assert [key for key, _ in vllm.live_variants() if len(key) == 2] == stacked_keys
+
+
+@pytest.mark.slow
+async def test_adapters_come_and_go_while_eight_requests_stream(both, lora_adapters, chat_prompt):
+    vllm, _ = both
+    ids = chat_prompt("Tell me a story about a lighthouse keeper.")
+    await vllm.add_adapter("churn", lora_adapters["beta"])
+    sampling = SamplingSettings(max_tokens=40)
+    plans = [(), (("alpha", 1.0),), (("churn", 0.5),), (("alpha", 0.5), ("churn", 1.0))] * 2
+    started = asyncio.Event()
+
+    async def run(adapters):
+        chunks = []
+        async for chunk in vllm.generate(ids, sampling, AdapterApplication(adapters), "churn"):
+            chunks.append(chunk)
+            started.set()
+        return chunks
+
+    tasks = [asyncio.create_task(run(plan)) for plan in plans]
+    await asyncio.wait_for(started.wait(), 120)
+    # While they stream: remove an adapter in use, add a new one, replace one in use.
+    await vllm.remove_adapter("churn")
+    await vllm.add_adapter("late", lora_adapters["alpha"])
+    await vllm.add_adapter("alpha", lora_adapters["alpha"])
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    for chunks in results:
+        assert chunks[-1].finish_reason in ("stop", "length")
+        assert chunks[-1].completion_tokens == len(tokens(chunks)) > 0
+    assert "churn" not in vllm.list_adapters() and "late" in vllm.list_adapters()
+    assert all("churn" not in {name for name, _, _ in key} for key, _ in vllm.live_variants())
+    # The adapter added mid-stream serves at once.
+    late = await collect(vllm, ids, SamplingSettings(max_tokens=2), [("late", 1.0)])
+    assert late[-1].finish_reason is not None
+    await vllm.remove_adapter("late")
+
+
+@pytest.mark.slow
+async def test_closing_the_stream_aborts_in_the_engine(both, chat_prompt):
+    vllm, _ = both
+    stream = vllm.generate(
+        chat_prompt("Write a very long essay about rivers."), SamplingSettings(max_tokens=1000),
+        AdapterApplication((("alpha", 1.0),)), "abort-me",
+    )
+    first = await stream.__anext__()
+    assert first.finish_reason is None
+    assert vllm.num_unfinished_requests() == 1
+    await stream.aclose()
+    deadline = time.monotonic() + 10
+    while vllm.num_unfinished_requests() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert vllm.num_unfinished_requests() == 0
+    # The variant is no longer held by any request, so it may be evicted again.
+    assert all(v.in_flight == 0 for v in vllm._variants.values())
+
+
+@pytest.mark.slow
+async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
+    vllm, _ = both
+    ids = chat_prompt("Hi")
+    sampling = SamplingSettings(max_tokens=1)
+    seen_ids: set[int] = set()
+    for name in ("alpha", "beta"):
+        for scale in (0.25, 0.5, 0.75, 1.0):
+            await collect(vllm, ids, sampling, [(name, scale)])
+            seen_ids.update(i for _, i in vllm.live_variants())
+    await collect(vllm, ids, sampling, [("alpha", 0.25), ("beta", 0.25)])
+    live = vllm.live_variants()
+    assert len(live) <= vllm.engine_config.max_cpu_loras
+    assert len({i for _, i in live}) == len(live)
+    assert live[-1][0] == (("alpha", live[-1][0][0][1], 0.25), ("beta", live[-1][0][1][1], 0.25))
+    folders = [p for p in vllm._variant_dir.iterdir() if p.is_dir()]
+    assert len(folders) <= len(live)  # evicted variants' folders are gone
+
+
+@pytest.mark.slow
+async def test_bad_requests_fail_at_the_call(both, chat_prompt, tmp_path):
+    vllm, _ = both
+    ids = chat_prompt(QUESTION)
+    with pytest.raises(AdapterNotFoundError):
+        vllm.generate(ids, SamplingSettings(), AdapterApplication((("nope", 1.0),)), "x")
+    for scale in (-1.0, float("nan"), 1.5):  # 1.5 is above the grid's largest scale
+        with pytest.raises(ValueError):
+            vllm.generate(ids, SamplingSettings(), AdapterApplication((("alpha", scale),)), "x")
+    with pytest.raises(ValueError):
+        vllm.generate(ids, SamplingSettings(top_p=2.0), AdapterApplication(), "x")
+    with pytest.raises(AdapterNotFoundError):
+        await vllm.remove_adapter("nope")
+    with pytest.raises(ValueError):
+        await vllm.add_adapter("empty", tmp_path)
