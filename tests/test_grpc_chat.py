@@ -153,3 +153,33 @@ async def test_concurrent_requests_all_complete(grpc_channel) -> None:
     results = await asyncio.gather(*(stub.Complete(_request(q, max_tokens=6), timeout=120) for q in questions))
     assert all(r.usage.completion_tokens >= 1 for r in results)
     assert len({r.id for r in results}) == len(questions)
+
+
+async def test_gateway_over_vllm_streams_over_both_front_doors(vllm_backend, model_path, tmp_path) -> None:
+    """The same gateway on the shared vLLM engine: gRPC unary + stream and the OpenAI client agree."""
+    from openai import AsyncOpenAI
+
+    from fixtures_serving import serving_config
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path, **{"engine.backend": "vllm"})
+    gateway = await Gateway.create(config, backend=vllm_backend, detector=None)
+    await gateway.start()
+    try:
+        async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+            stub = oblivio_pb2_grpc.ChatStub(channel)
+            unary = await stub.Complete(_request(), timeout=120)
+            chunks = [c async for c in stub.StreamComplete(_request(), timeout=120)]
+        client = AsyncOpenAI(base_url=f"{gateway.http_url}/v1", api_key="unused", max_retries=0)
+        stream = await client.chat.completions.create(
+            model=config.model.served_name, messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=12, temperature=0, stream=True,
+        )
+        http_text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await client.close()
+    finally:
+        await gateway.stop(grace=5)
+    assert "Paris" in unary.text
+    assert "".join(c.delta for c in chunks) == unary.text == http_text
+    assert chunks[-1].usage.completion_tokens == unary.usage.completion_tokens
+    assert await vllm_backend.healthy(), "stopping the gateway must leave the shared engine running"
