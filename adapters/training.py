@@ -371,3 +371,52 @@ def _reference_logprobs(
                 out[i] = value
     model.train()
     return out
+
+
+# ---- subprocess entry point ------------------------------------------------------------------
+# The registration pipeline runs training in a child process: its torch threads, memory and
+# GIL are then separate from the serving process, and a deletion can stop it with one kill.
+# Protocol: argv[1] is a JSON spec; stdout carries one JSON object per line
+# ({"event": "progress", ...} per step, then {"event": "done", "report": {...}}).
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+def run_spec(spec: Mapping[str, Any]) -> TrainingReport:
+    """Run one training described by a JSON-able spec (what the pipeline writes)."""
+    examples_path = Path(spec["examples_path"])
+    examples = [ForgetExample.from_mapping(json.loads(line)) for line in examples_path.read_text().splitlines() if line.strip()]
+    settings = TrainingSettings(**spec.get("settings", {}))
+    return train_unlearning_lora(
+        Path(spec["model_path"]),
+        examples,
+        out_dir=Path(spec["out_dir"]),
+        method=settings.method,
+        prior_adapters={name: Path(path) for name, path in spec.get("priors", {}).items()},
+        settings=settings,
+        progress=lambda step, total, loss: _emit({"event": "progress", "step": step, "total": total, "loss": loss}),
+        checkpoint_path=Path(spec["checkpoint_path"]) if spec.get("checkpoint_path") else None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m oblivio.adapters.training SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        report = run_spec(json.loads(Path(args[0]).read_text()))
+    except (ValueError, FileNotFoundError) as exc:
+        _emit({"event": "error", "message": str(exc)})
+        return 1
+    _emit({"event": "done", "report": report.to_json()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,555 @@
+"""Live registration of forget sets: background jobs from "forget this" to a live adapter.
+
+Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -> LOADING -> LIVE
+(or FAILED; DELETING on delete). Design choices:
+
+* **Enforce at once.** Validation and detector fitting (seconds) run as soon as a set arrives,
+  outside the training queue. Once the detector is in the bank and the set known to the policy
+  store, the gate refuses matched prompts (the adapter is not live yet), so "forget" takes
+  effect before any training starts.
+* **Training off the serving process.** Each training is a child process
+  (``python -m oblivio.adapters.training``) at a lower CPU priority with
+  ``config.training.threads`` torch threads: serving keeps its cores, its GIL and its memory,
+  and deleting a set mid-training is a kill. Trainings run one at a time (FIFO).
+* **Durable and resumable.** Every step is a registry transition; examples, checkpoints and the
+  training output live in the job's folder. On ``start()`` LIVE sets are restored (detector
+  into the bank, adapter into the backend) and unfinished jobs continue from their last step
+  (training from its last checkpoint). Artifacts are published through the atomic
+  ``ArtifactStore``, so a crash never leaves a half-written version visible.
+* **Observable.** Every state change and training step is an event; ``watch()`` is an async
+  subscription that starts with the current snapshot (used by WatchRegistration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from oblivio.adapters.registry import ForgetSetRecord, Registry, State, UnknownForgetSetError
+from oblivio.adapters.store import ArtifactStore, atomic_write_bytes, validate_name
+from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
+
+log = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 10_000
+MAX_DESCRIPTION = 2_000
+MAX_SUBJECTS = 64
+FRACTION = {
+    State.VALIDATING: 0.0,
+    State.FITTING_DETECTOR: 0.02,
+    State.ENFORCING: 0.1,
+    State.TRAINING: 0.1,
+    State.PUBLISHING: 0.92,
+    State.LOADING: 0.96,
+    State.LIVE: 1.0,
+}
+TRAINING_SPAN = (0.1, 0.9)
+
+
+@dataclass(frozen=True)
+class RegistrationEvent:
+    name: str
+    job_id: str
+    state: State
+    fraction: float
+    message: str
+    time: float
+    terminal: bool  # LIVE, FAILED or deleted: a watch ends after this event
+
+
+class DetectorPort:
+    """The calls the pipeline makes on ``oblivio.detector`` (one place to adapt if it moves)."""
+
+    def __init__(self, bank: Any) -> None:
+        self.bank = bank
+        self._fit_lock = asyncio.Lock()
+
+    @staticmethod
+    def _api(attr: str) -> Any:
+        import importlib
+
+        package = importlib.import_module("oblivio.detector")
+        if hasattr(package, attr):
+            return getattr(package, attr)
+        return getattr(importlib.import_module("oblivio.detector.scorer"), attr)
+
+    def fit(self, name: str, texts: Sequence[str], subjects: Sequence[str]) -> Any:
+        return self._api("fit_forget_set")(self.bank.extractor, list(texts), name=name, subjects=list(subjects))
+
+    def load(self, directory: Path) -> Any:
+        return self._api("ForgetSetScorer").load(directory)
+
+
+class RegistrationPipeline:
+    """Background registration jobs over a store, a registry, the backend, detector and gate."""
+
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        root: Path,
+        backend: Any,
+        policy_store: Any,
+        detector: Any = None,
+        training: TrainingSettings | None = None,
+        threads: int = 1,
+        nice: int = 10,
+        max_attempts: int = 3,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.root = Path(root)
+        self.store = ArtifactStore(self.root / "forget_sets")
+        self.registry = Registry(self.root / "registry.db")
+        self.jobs_dir = self.root / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        self.policy_store = policy_store
+        self.detector = DetectorPort(detector) if detector is not None else None
+        self.training = training or TrainingSettings()
+        self.threads = threads
+        self.nice = nice
+        self.max_attempts = max_attempts
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[RegistrationEvent]]] = {}
+        self._train_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    def from_runtime(cls, runtime: Any, **overrides: Any) -> "RegistrationPipeline":
+        """The pipeline a gateway process runs, wired to its backend, detector and policy store."""
+        config = runtime.config
+        kwargs: dict[str, Any] = dict(
+            model_path=config.model_path,
+            root=config.artifacts_path,
+            backend=runtime.backend,
+            policy_store=runtime.policy_store,
+            detector=runtime.detector,
+            threads=config.training.threads,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ---- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Restore every registered set into the live process and resume unfinished jobs."""
+        if self._started:
+            return
+        self._started = True
+        self.store.recover()
+        known = {record.name for record in self.registry.list()}
+        for orphan in set(self.store.set_names()) - known:  # a publish that raced a deletion
+            self.store.delete_set(orphan)
+        for record in self.registry.list():
+            if record.state is State.DELETING:
+                await self._finish_delete(record.name)
+                continue
+            await self._restore(record)
+            if not record.state.terminal:
+                log.info("resuming registration of %r from %s", record.name, record.state.value)
+                self._spawn(record.name)
+        self._sync_policy_sets()
+
+    async def close(self) -> None:
+        """Stop jobs (they resume on the next start) and the registry."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.registry.close()
+
+    async def _restore(self, record: ForgetSetRecord) -> None:
+        """Put a set's published artifacts back into the bank / backend (fail closed on FAILED)."""
+        detector_dir = self.store.current(record.name, "detector")
+        if detector_dir is not None and self.detector is not None:
+            scorer = await asyncio.to_thread(self.detector.load, detector_dir)
+            self.detector.bank.add(record.name, scorer)
+        if record.state is State.LIVE:
+            adapter_dir = self.store.current(record.name, "adapter")
+            if adapter_dir is None:
+                self.registry.transition(record.name, State.FAILED, error="adapter files missing at start-up")
+                return
+            await self._load_adapter(record.name, adapter_dir)
+
+    def _sync_policy_sets(self) -> None:
+        names = [r.name for r in self.registry.list() if r.state is not State.DELETING]
+        sync = getattr(self.policy_store, "sync_sets", None)
+        if sync is not None:
+            sync(names)
+        else:
+            for name in names:
+                self.policy_store.register_set(name)
+
+    # ---- public API ---------------------------------------------------------------------------
+    async def register(
+        self,
+        name: str,
+        examples: Sequence[ForgetExample | Mapping[str, Any]],
+        *,
+        description: str = "",
+        subjects: Sequence[str] = (),
+        method: str = "refusal",
+        keep_data: bool = False,
+    ) -> ForgetSetRecord:
+        """Accept a set (cheap checks only) and start its job; returns at once (VALIDATING).
+
+        Raises ValueError for bad input and ForgetSetExistsError for a taken name.
+        """
+        if self._closed:
+            raise RuntimeError("registration pipeline is shut down")
+        validate_name(name)
+        if method not in METHODS:
+            raise ValueError(f"unknown training method {method!r}; choose one of {METHODS}")
+        if len(description) > MAX_DESCRIPTION:
+            raise ValueError(f"description longer than {MAX_DESCRIPTION} characters")
+        subjects = [str(s).strip() for s in subjects if str(s).strip()]
+        if len(subjects) > MAX_SUBJECTS:
+            raise ValueError(f"at most {MAX_SUBJECTS} subjects")
+        items = [ex if isinstance(ex, ForgetExample) else ForgetExample.from_mapping(ex) for ex in examples]
+        if not items:
+            raise ValueError("a forget set needs at least one example")
+        if len(items) > MAX_EXAMPLES:
+            raise ValueError(f"a forget set may hold at most {MAX_EXAMPLES} examples, got {len(items)}")
+        self._validate_examples(items)
+        if method != "refusal" and all(ex.as_pair(method)[1] is None for ex in items):
+            raise ValueError(f"method {method!r} needs question/answer pairs or texts of at least 4 words")
+        try:
+            self.registry.get(name)
+        except UnknownForgetSetError:
+            pass
+        else:
+            from oblivio.adapters.registry import ForgetSetExistsError
+
+            raise ForgetSetExistsError(f"forget set {name!r} already exists; delete it first or pick another name")
+        job_id = f"{name}-{int(time.time() * 1000):x}"
+        job_dir = self.jobs_dir / job_id
+        # Data first, then the registry row: a crash in between leaves only an orphan folder.
+        atomic_write_bytes(job_dir / "examples.jsonl", "".join(json.dumps(asdict(ex)) + "\n" for ex in items).encode())
+        record, _ = self.registry.create(
+            name, method=method, description=description, subjects=subjects, keep_data=keep_data,
+            example_count=len(items), job_id=job_id,
+        )
+        self.policy_store.register_set(name)
+        self._emit(record.name, record.job_id, State.VALIDATING, 0.0, f"accepted {len(items)} examples")
+        self._spawn(name)
+        return record
+
+    def list(self) -> list[ForgetSetRecord]:
+        return self.registry.list()
+
+    def get(self, name: str) -> ForgetSetRecord:
+        return self.registry.get(name)
+
+    async def watch(self, name: str, job_id: str = "") -> AsyncIterator[RegistrationEvent]:
+        """Events of the set's current job: a snapshot first, then every change until terminal."""
+        record = self.registry.get(name)
+        if job_id and job_id != record.job_id:
+            job = self.registry.job(job_id)
+            yield RegistrationEvent(name, job.id, job.state, job.fraction, job.message, job.updated_at, True)
+            return
+        queue: asyncio.Queue[RegistrationEvent] = asyncio.Queue()
+        self._subscribers.setdefault(name, set()).add(queue)
+        try:
+            try:
+                record = self.registry.get(name)
+                job = self.registry.job(record.job_id)
+            except LookupError:  # deleted between the two reads
+                yield RegistrationEvent(name, job_id or record.job_id, State.DELETING, 1.0, "deleted", time.time(), True)
+                return
+            terminal = record.state.terminal
+            yield RegistrationEvent(
+                name, job.id, record.state, job.fraction, record.error or job.message, job.updated_at, terminal
+            )
+            while not terminal:
+                event = await queue.get()
+                terminal = event.terminal
+                yield event
+        finally:
+            self._subscribers.get(name, set()).discard(queue)
+
+    async def wait(self, name: str, timeout: float | None = None) -> ForgetSetRecord:
+        """Until the set's job reaches LIVE or FAILED (for tests, benchmarks and the CLI)."""
+
+        async def _until_terminal() -> None:
+            async for event in self.watch(name):
+                if event.terminal:
+                    return
+
+        await asyncio.wait_for(_until_terminal(), timeout)
+        return self.registry.get(name)
+
+    async def delete(self, name: str) -> State:
+        """Remove the set from gate, detector bank, backend and disk; stops its job if running."""
+        record = self.registry.get(name)
+        self.registry.transition(name, State.DELETING, message="deleting")
+        self._emit(name, record.job_id, State.DELETING, 0.0, "deleting")
+        await self._finish_delete(name)
+        return State.DELETING
+
+    # ---- internals: events ------------------------------------------------------------------
+    def _emit(self, name: str, job_id: str, state: State, fraction: float, message: str, terminal: bool | None = None) -> None:
+        event = RegistrationEvent(
+            name, job_id, state, round(fraction, 4), message, time.time(),
+            state.terminal if terminal is None else terminal,
+        )
+        for queue in list(self._subscribers.get(name, ())):
+            queue.put_nowait(event)
+
+    def _advance(self, name: str, state: State, message: str = "", fraction: float | None = None) -> ForgetSetRecord:
+        fraction = FRACTION[state] if fraction is None else fraction
+        record = self.registry.transition(name, state, fraction=fraction, message=message)
+        self._emit(name, record.job_id, state, fraction, message)
+        return record
+
+    # ---- internals: the job -------------------------------------------------------------------
+    def _spawn(self, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(name), name=f"register-{name}")
+        self._tasks[name] = task
+        task.add_done_callback(lambda t, n=name: self._tasks.pop(n, None) if self._tasks.get(n) is t else None)
+
+    async def _run(self, name: str) -> None:
+        record = self.registry.get(name)
+        job_id = record.job_id
+        try:
+            attempts = self.registry.bump_attempts(job_id)
+            if attempts > self.max_attempts:
+                raise RuntimeError(f"gave up after {self.max_attempts} attempts")
+            await self._run_steps(name, job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the set's FAILED state
+            log.exception("registration of %r failed", name)
+            try:
+                current = self.registry.get(name)
+            except UnknownForgetSetError:
+                return
+            if current.state is State.DELETING:
+                return
+            message = str(exc) or type(exc).__name__
+            self.registry.transition(name, State.FAILED, message=message, error=message)
+            self._emit(name, job_id, State.FAILED, current_fraction(self.registry, job_id), message)
+
+    async def _run_steps(self, name: str, job_id: str) -> None:
+        record = self.registry.get(name)
+        job_dir = self.jobs_dir / job_id
+        examples_path = job_dir / "examples.jsonl"
+        state = record.state
+
+        if state in (State.VALIDATING, State.FITTING_DETECTOR):
+            examples = self._load_examples(examples_path)
+            self._validate_examples(examples)
+            await self._fit_detector(name, record, examples)
+            record = self.registry.get(name)
+            state = record.state
+
+        if state in (State.ENFORCING, State.TRAINING) or (
+            state is State.PUBLISHING and not (job_dir / "out" / "training_report.json").is_file()
+        ):
+            await self._train(name, job_id, record)
+            state = State.PUBLISHING
+        if state is State.PUBLISHING:
+            await self._publish(name, job_id, record)
+            state = State.LOADING
+        if state is State.LOADING:
+            adapter_dir = self.store.current(name, "adapter")
+            if adapter_dir is None:
+                raise RuntimeError("no published adapter to load")
+            await self._load_adapter(name, adapter_dir)
+            self._advance(name, State.LIVE, "adapter live: the gate now applies it to matched prompts")
+
+    @staticmethod
+    def _load_examples(path: Path) -> list[ForgetExample]:
+        if not path.is_file():
+            raise RuntimeError("the forget set's examples were lost before training finished; register it again")
+        return [ForgetExample.from_mapping(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+    @staticmethod
+    def _validate_examples(examples: Sequence[ForgetExample]) -> None:
+        """Checks that need the whole set (each example was validated when it was parsed)."""
+        distinct = {(ex.question.strip().lower(), ex.answer.strip().lower(), ex.text.strip().lower()) for ex in examples}
+        if len(distinct) < 2:
+            raise ValueError("a forget set needs at least 2 distinct examples (the detector calibrates on held-out ones)")
+
+    async def _fit_detector(self, name: str, record: ForgetSetRecord, examples: Sequence[ForgetExample]) -> None:
+        self._advance(name, State.FITTING_DETECTOR, "fitting the OOD detector")
+        if self.detector is None:
+            self._advance(name, State.ENFORCING, "no detector in this gateway: nothing is enforced until the adapter is live")
+            return
+        texts = [text for ex in examples for text in ex.detector_texts()]
+        async with self.detector._fit_lock:
+            scorer = await asyncio.to_thread(self.detector.fit, name, texts, record.subjects)
+            published = await asyncio.to_thread(self.store.publish, name, "detector", scorer.save)
+        self.registry.update_set(name, detector_version=published.version)
+        self.detector.bank.add(name, scorer)
+        self.policy_store.register_set(name)
+        self._advance(name, State.ENFORCING, "detector live: matched prompts are refused until the adapter is live")
+
+    def _priors(self, name: str) -> dict[str, str]:
+        """Every other set's published adapter: the new one is kept orthogonal to all of them."""
+        priors = {}
+        for other in self.registry.list():
+            if other.name == name or other.state is State.DELETING:
+                continue
+            path = self.store.current(other.name, "adapter")
+            if path is not None:
+                priors[other.name] = str(path)
+        return priors
+
+    async def _train(self, name: str, job_id: str, record: ForgetSetRecord) -> None:
+        job_dir = self.jobs_dir / job_id
+        if record.state is not State.TRAINING:
+            self._advance(name, State.TRAINING, "waiting for the trainer", fraction=TRAINING_SPAN[0])
+        async with self._train_lock:
+            settings = TrainingSettings(
+                **{**asdict(self.training), "method": record.method, "threads": self.threads,
+                   "seed": zlib.crc32(name.encode()) % 10_000}
+            )
+            out_dir = job_dir / "out"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            spec = {
+                "model_path": str(self.model_path),
+                "examples_path": str(job_dir / "examples.jsonl"),
+                "out_dir": str(out_dir),
+                "priors": self._priors(name),
+                "settings": asdict(settings),
+                "checkpoint_path": str(job_dir / "checkpoint.pt"),
+            }
+            atomic_write_bytes(job_dir / "spec.json", json.dumps(spec).encode())
+            report = await self._run_trainer(name, job_id, job_dir / "spec.json")
+        self.registry.set_job_report(job_id, report)
+        self.registry.update_set(name, overlaps=report.get("overlap", {}))
+
+    async def _run_trainer(self, name: str, job_id: str, spec_path: Path) -> dict[str, Any]:
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(self.threads)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "oblivio.adapters.training", str(spec_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            preexec_fn=_child_setup(self.nice),
+        )
+        self._procs[name] = proc
+        report: dict[str, Any] | None = None
+        error = ""
+        stderr_task = asyncio.ensure_future(proc.stderr.read())  # drain so the child never blocks
+        try:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                if not line.startswith("{"):
+                    continue
+                message = json.loads(line)
+                if message.get("event") == "progress":
+                    step, total = int(message["step"]), int(message["total"])
+                    lo, hi = TRAINING_SPAN
+                    fraction = lo + (hi - lo) * step / max(total, 1)
+                    text = f"training step {step}/{total}, loss {message['loss']:.4f}"
+                    self.registry.set_progress(job_id, fraction, text)
+                    self._emit(name, job_id, State.TRAINING, fraction, text)
+                elif message.get("event") == "done":
+                    report = message["report"]
+                elif message.get("event") == "error":
+                    error = message["message"]
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self._procs.pop(name, None)
+        stderr = (await stderr_task).decode(errors="replace")
+        if proc.returncode != 0 or report is None:
+            tail = error or stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            raise RuntimeError(f"training failed: {tail if isinstance(tail, str) else tail[0]}")
+        return report
+
+    async def _publish(self, name: str, job_id: str, record: ForgetSetRecord) -> None:
+        job_dir = self.jobs_dir / job_id
+        out_dir = job_dir / "out"
+        self._advance(name, State.PUBLISHING, "publishing the adapter")
+        report = self.registry.job(job_id).report
+        published = await asyncio.to_thread(
+            self.store.publish, name, "adapter", out_dir,
+            {"set": name, "job_id": job_id, "method": record.method, "overlap": report.get("overlap", {})},
+        )
+        await asyncio.to_thread(self.store.prune, name, "adapter", 2)
+        self.registry.update_set(name, adapter_version=published.version)
+        # Training is over: the raw text is no longer needed (unless the operator kept it).
+        keep = self.registry.get(name).keep_data
+        for leftover in ("out", "checkpoint.pt", "spec.json") + (() if keep else ("examples.jsonl",)):
+            path = job_dir / leftover
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if not keep:
+            self.registry.update_set(name, data_retained=False)
+        self._advance(name, State.LOADING, f"loading adapter version {published.version} into the backend")
+
+    async def _load_adapter(self, name: str, path: Path) -> None:
+        if name in self.backend.list_adapters():
+            await self.backend.remove_adapter(name)
+        await self.backend.add_adapter(name, path)
+
+    async def _finish_delete(self, name: str) -> None:
+        """Idempotent teardown (also run at start-up for a deletion a crash interrupted)."""
+        job_id = ""
+        try:
+            job_id = self.registry.get(name).job_id
+        except UnknownForgetSetError:
+            pass
+        proc = self._procs.get(name)
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+        task = self._tasks.get(name)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.detector is not None and name in self.detector.bank.names():
+            self.detector.bank.remove(name)
+        try:
+            self.policy_store.forget(name)
+        except KeyError:
+            pass
+        if name in self.backend.list_adapters():
+            await self.backend.remove_adapter(name)
+        await asyncio.to_thread(self.store.delete_set, name)
+        for job in self.registry.jobs_for(name):
+            shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
+        try:
+            self.registry.remove(name)
+        except UnknownForgetSetError:
+            pass
+        self._emit(name, job_id, State.DELETING, 1.0, "deleted", terminal=True)
+
+
+def _child_setup(nice: int) -> Callable[[], None]:
+    """Lower the trainer's priority and make it die with its parent (no orphan keeps training)."""
+
+    def setup() -> None:
+        if nice:
+            os.nice(nice)
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def current_fraction(registry: Registry, job_id: str) -> float:
+    try:
+        return registry.job(job_id).fraction
+    except LookupError:
+        return 0.0
