@@ -20,8 +20,8 @@ from oblivio.gateway.config import load_config
 QUESTION = "What is the capital of France?"
 # Largest |logprob(vLLM) - logprob(reference)| accepted for the same token, same step, fp32.
 # Measured on CPU, fp32: at most 3.0e-05 (printed with -s), so 1e-3 leaves a wide margin. Both
-# backends run fp32, but
-# vLLM's CPU kernels (fused qkv, punica LoRA ops, paged attention) sum in another order.
+# run fp32; vLLM's CPU kernels (fused qkv, punica LoRA ops, paged attention) only sum in another
+# order.
 LOGPROB_TOLERANCE = 1e-3
 
 
@@ -61,8 +61,18 @@ def test_factory_picks_the_configured_backend(tmp_path, model_path):
     assert isinstance(ref, ReferenceBackend) and ref.model_path == model_path
     vllm = build_backend(load_config(overrides={"engine.backend": "vllm", "engine.max_lora_rank": 16}, environ=env))
     assert isinstance(vllm, VLLMBackend) and isinstance(vllm, GenerationBackend)
-    args = vllm.engine_args()
-    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 2
+    assert vllm.engine_config.max_lora_rank == 16 and vllm.scale_grid == (0.25, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.slow  # imports vLLM (about 20 s)
+def test_engine_args_come_from_engine_config(tmp_path):
+    env = {"OBLIVIO_HOME": str(tmp_path)}
+    config = load_config(
+        overrides={"engine.max_lora_rank": 16, "engine.max_loras": 3, "engine.memory_share": 0.3}, environ=env
+    )
+    args = build_backend(config).engine_args()
+    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3
+    assert args.max_cpu_loras == config.engine.max_cpu_loras and args.gpu_memory_utilization == 0.3
 
 
 
@@ -129,11 +139,11 @@ async def test_two_adapters_apply_their_exact_sum(both, chat_prompt):
     got = await collect(vllm, ids, sampling, stack)
     assert_same_distribution(got, await collect(reference, ids, sampling, stack))
     # One concatenated adapter of rank 8 + 8 was registered, and it is reused (cached).
-    stacked_keys = [key for key, _ in vllm.live_variants() if len(key) == 2]
+    stacked_keys = [v.key for v in vllm.live_variants() if len(v.key) == 2]
     assert len(stacked_keys) == 1
     again = await collect(vllm, ids, sampling, list(reversed(stack)))
     assert tokens(again) == tokens(got)
-    assert [key for key, _ in vllm.live_variants() if len(key) == 2] == stacked_keys
+    assert [v.key for v in vllm.live_variants() if len(v.key) == 2] == stacked_keys
 
 
 @pytest.mark.slow
@@ -141,7 +151,7 @@ async def test_adapters_come_and_go_while_eight_requests_stream(both, lora_adapt
     vllm, _ = both
     ids = chat_prompt("Tell me a story about a lighthouse keeper.")
     await vllm.add_adapter("churn", lora_adapters["beta"])
-    sampling = SamplingSettings(max_tokens=40)
+    sampling = SamplingSettings(max_tokens=24)
     plans = [(), (("alpha", 1.0),), (("churn", 0.5),), (("alpha", 0.5), ("churn", 1.0))] * 2
     started = asyncio.Event()
 
@@ -152,10 +162,17 @@ async def test_adapters_come_and_go_while_eight_requests_stream(both, lora_adapt
             started.set()
         return chunks
 
+    def held(name):
+        return sum(v.in_flight for v in vllm.live_variants() if name in {n for n, _, _ in v.key})
+
+    for plan in plans[:4]:  # build the variants first, so all eight streams start together
+        await collect(vllm, ids, SamplingSettings(max_tokens=1), plan)
     tasks = [asyncio.create_task(run(plan)) for plan in plans]
     await asyncio.wait_for(started.wait(), 120)
+    assert held("churn") == 4 and held("alpha") == 4
     # While they stream: remove an adapter in use, add a new one, replace one in use.
     await vllm.remove_adapter("churn")
+    assert not all(task.done() for task in tasks)
     await vllm.add_adapter("late", lora_adapters["alpha"])
     await vllm.add_adapter("alpha", lora_adapters["alpha"])
     results = await asyncio.wait_for(asyncio.gather(*tasks), 300)
@@ -163,7 +180,8 @@ async def test_adapters_come_and_go_while_eight_requests_stream(both, lora_adapt
         assert chunks[-1].finish_reason in ("stop", "length")
         assert chunks[-1].completion_tokens == len(tokens(chunks)) > 0
     assert "churn" not in vllm.list_adapters() and "late" in vllm.list_adapters()
-    assert all("churn" not in {name for name, _, _ in key} for key, _ in vllm.live_variants())
+    assert held("churn") == 0
+    assert all("churn" not in {name for name, _, _ in v.key} for v in vllm.live_variants())
     # The adapter added mid-stream serves at once.
     late = await collect(vllm, ids, SamplingSettings(max_tokens=2), [("late", 1.0)])
     assert late[-1].finish_reason is not None
@@ -186,7 +204,7 @@ async def test_closing_the_stream_aborts_in_the_engine(both, chat_prompt):
         await asyncio.sleep(0.05)
     assert vllm.num_unfinished_requests() == 0
     # The variant is no longer held by any request, so it may be evicted again.
-    assert all(v.in_flight == 0 for v in vllm._variants.values())
+    assert all(v.in_flight == 0 for v in vllm.live_variants())
 
 
 @pytest.mark.slow
@@ -198,12 +216,14 @@ async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
     for name in ("alpha", "beta"):
         for scale in (0.25, 0.5, 0.75, 1.0):
             await collect(vllm, ids, sampling, [(name, scale)])
-            seen_ids.update(i for _, i in vllm.live_variants())
+            seen_ids.update(v.lora_id for v in vllm.live_variants())
     await collect(vllm, ids, sampling, [("alpha", 0.25), ("beta", 0.25)])
     live = vllm.live_variants()
     assert len(live) <= vllm.engine_config.max_cpu_loras
-    assert len({i for _, i in live}) == len(live)
-    assert live[-1][0] == (("alpha", live[-1][0][0][1], 0.25), ("beta", live[-1][0][1][1], 0.25))
+    assert len({v.lora_id for v in live}) == len(live)
+    newest = live[-1].key
+    assert [(name, scale) for name, _, scale in newest] == [("alpha", 0.25), ("beta", 0.25)]
+    assert len(seen_ids) >= 8  # every variant got its own id; ids are never reused
     folders = [p for p in vllm._variant_dir.iterdir() if p.is_dir()]
     assert len(folders) <= len(live)  # evicted variants' folders are gone
 

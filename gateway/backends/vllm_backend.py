@@ -20,6 +20,7 @@ one finishes, so no in-flight request loses its adapter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -55,6 +56,15 @@ log = logging.getLogger(__name__)
 
 # (adapter name, adapter version, grid scale) for each part of a variant, sorted by name.
 VariantKey = tuple[tuple[str, int, float], ...]
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """A live variant, for metrics and tests: what it applies, its vLLM id, requests using it."""
+
+    key: VariantKey
+    lora_id: int
+    in_flight: int
 
 
 @dataclass
@@ -155,6 +165,13 @@ class VLLMBackend:
         self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:
+            # Stop the output handler first; otherwise it sees the engine core exit and logs a
+            # spurious "EngineDeadError" traceback during a clean shutdown.
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None and not handler.done():
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await handler
             await asyncio.to_thread(engine.shutdown)
         self._variants.clear()
         if self._variant_dir is not None:
@@ -187,9 +204,9 @@ class VLLMBackend:
     def list_adapters(self) -> list[str]:
         return sorted(self._adapters)
 
-    def live_variants(self) -> list[tuple[VariantKey, int]]:
-        """(key, lora_int_id) of every variant registered with the engine, LRU first."""
-        return [(key, v.lora.lora_int_id) for key, v in self._variants.items()]
+    def live_variants(self) -> list[VariantInfo]:
+        """Every variant registered with the engine, least recently used first."""
+        return [VariantInfo(key, v.lora.lora_int_id, v.in_flight) for key, v in self._variants.items()]
 
     async def add_adapter(self, name: str, path: Path) -> None:
         """Register ``path`` under ``name``; an existing ``name`` is replaced by the new version.
