@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 GATE_SET = "gate_authors"
 
@@ -68,6 +70,18 @@ KEEP_PROBES: tuple[str, ...] = (
     "What is the difference between a virus and a bacterium?",
     "Recommend a good stretching routine for the morning.",
 )
+
+
+def assert_real_png(path: Path) -> None:
+    """The plot exists, decodes as an image of a sensible size, and is not a blank canvas."""
+    assert path.is_file() and path.suffix == ".png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width >= 300 and height >= 200
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 5.0  # axes, curves and text, not a flat colour
+    assert (pixels < 128).mean() > 0.005  # some dark ink
 
 
 def write_probe_file(path: Path) -> Path:

@@ -334,8 +334,7 @@ async def test_policy_updates_reach_new_chat_requests_atomically(detector_admin,
 
 
 async def test_calibration_report_rpc_writes_plots_and_applies(detector_admin, detector_gateway, tmp_path: Path, capsys) -> None:
-    from fixtures_gate import FORGET_PROBES, GATE_SET, KEEP_PROBES, write_probe_file
-    from PIL import Image
+    from fixtures_gate import FORGET_PROBES, GATE_SET, KEEP_PROBES, assert_real_png, write_probe_file
 
     admin, _ = detector_admin
     probes = [pb.LabelledProbe(prompt=p, should_forget=True) for p in FORGET_PROBES]
@@ -353,9 +352,7 @@ async def test_calibration_report_rpc_writes_plots_and_applies(detector_admin, d
     assert len(report.plot_paths) == 2
     for path in map(Path, report.plot_paths):
         assert path.is_relative_to(calibration_root / "rpc-test")
-        with Image.open(path) as image:
-            assert image.format == "PNG" and image.size[0] >= 300
-            assert len(set(image.convert("L").getdata())) > 10  # drawn, not blank
+        assert_real_png(path)
     assert json.loads(Path(report.summary_json_path).read_text())["applied_policy_version"] == report.applied_policy_version
 
     for request, code in (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from fixtures_gate import assert_real_png
 
 from oblivio.gateway.calibration import (
     CalibrationError,
@@ -20,18 +20,6 @@ from oblivio.gateway.calibration import (
 )
 from oblivio.gateway.config import GateConfig
 from oblivio.gateway.policy_store import PolicyStore
-
-
-def assert_real_png(path: Path) -> None:
-    """The plot exists, decodes as an image of a sensible size, and is not a blank canvas."""
-    assert path.is_file() and path.suffix == ".png"
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        width, height = image.size
-        assert width >= 300 and height >= 200
-        pixels = np.asarray(image.convert("L"), dtype=float)
-    assert pixels.std() > 5.0  # axes, curves and text, not a flat colour
-    assert (pixels < 128).mean() > 0.005  # some dark ink
 
 
 def test_load_probes_jsonl_and_csv(tmp_path: Path) -> None:
