@@ -1,0 +1,102 @@
+"""All registered forget sets, scored together from one feature forward.
+
+Why a bank: the gateway scores every chat prompt against every forget set. Running a detector
+per set (as O3's code does) makes cost grow linearly with the number of sets. Here the
+extractor runs once per prompt batch, and the per-set work is a slice of one matrix product per
+layer over all sets' stacked token banks, plus a tiny per-set logistic model.
+
+Thread safety: the stacked state is immutable and replaced as a whole on ``add``/``remove``
+(copy-on-write under a lock); ``score`` takes one reference at its start, so a registration
+running concurrently never exposes a half-built bank.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oblivio.detector.features import FeatureExtractor, PromptFeatures
+from oblivio.detector.scorer import ForgetSetScorer, _sigmoid, generic_bank
+from oblivio.detector.scoring import StackedBanks
+
+__all__ = ["DetectorBank"]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    names: tuple[str, ...]
+    stacked: StackedBanks
+    agg_mean: np.ndarray  # (S, F)
+    agg_scale: np.ndarray
+    agg_coef: np.ndarray
+    agg_intercept: np.ndarray  # (S,)
+
+
+class DetectorBank:
+    """Registered forget-set scorers, scored together (see module doc)."""
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.extractor = extractor
+        self._generic: PromptFeatures = generic_bank(extractor)
+        self._lock = threading.Lock()
+        self._scorers: dict[str, ForgetSetScorer] = {}
+        self._snapshot = self._build({})
+
+    def _build(self, scorers: dict[str, ForgetSetScorer]) -> _Snapshot:
+        names = tuple(scorers)
+        items = [scorers[n] for n in names]
+        stacked = StackedBanks([s.banks for s in items], self._generic.tokens, self.extractor.layers)
+        if items:
+            mean = np.stack([s.aggregator.mean for s in items])
+            scale = np.stack([s.aggregator.scale for s in items])
+            coef = np.stack([s.aggregator.coef for s in items])
+            intercept = np.array([s.aggregator.intercept for s in items])
+        else:
+            mean = scale = coef = np.zeros((0, 0))
+            intercept = np.zeros(0)
+        return _Snapshot(names, stacked, mean, scale, coef, intercept)
+
+    def add(self, name: str, scorer: ForgetSetScorer) -> None:
+        """Register (or replace) a set. Raises IncompatibleScorerError for another feature space."""
+        if not isinstance(scorer, ForgetSetScorer):
+            raise TypeError(f"scorer must be a ForgetSetScorer, got {type(scorer).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError("name must be a non-empty string")
+        scorer.check_compatible(self.extractor)
+        with self._lock:
+            scorers = {**self._scorers, name: scorer}
+            snapshot = self._build(scorers)
+            self._scorers, self._snapshot = scorers, snapshot
+
+    def remove(self, name: str) -> None:
+        """Unregister a set; KeyError if unknown."""
+        with self._lock:
+            if name not in self._scorers:
+                raise KeyError(f"no forget set named {name!r} in the detector bank")
+            scorers = {k: v for k, v in self._scorers.items() if k != name}
+            snapshot = self._build(scorers)
+            self._scorers, self._snapshot = scorers, snapshot
+
+    def names(self) -> list[str]:
+        return list(self._snapshot.names)
+
+    def __len__(self) -> int:
+        return len(self._snapshot.names)
+
+    def score(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+        """For each prompt, every registered set's membership probability in [0, 1]."""
+        snap = self._snapshot  # one consistent view for the whole call
+        features = self.extractor.extract(prompts)
+        if not snap.names:
+            return [{} for _ in range(features.n_prompts)]
+        return self.score_features(features, snap)
+
+    def score_features(self, features: PromptFeatures, snap: _Snapshot | None = None) -> list[dict[str, float]]:
+        snap = snap or self._snapshot
+        raw = snap.stacked.raw(features)  # (P, S, F)
+        z = np.einsum("psf,sf->ps", (raw - snap.agg_mean[None]) / snap.agg_scale[None], snap.agg_coef) + snap.agg_intercept[None]
+        probs = _sigmoid(z)
+        return [{name: float(probs[p, s]) for s, name in enumerate(snap.names)} for p in range(probs.shape[0])]

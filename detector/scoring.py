@@ -1,0 +1,118 @@
+"""The detector's per-layer scores, computed for many forget sets at once.
+
+One code path serves a single scorer, the cross-fitting inside ``fit_forget_set`` and the
+``DetectorBank``: every set's token banks are stacked into one matrix per layer, so a batch of
+prompts costs one matrix product per layer for all sets together (plus one per-set reduction),
+instead of one pass per set.
+
+Per layer ``l`` and set ``s`` the raw score vector of a prompt holds:
+
+* ``contrast_max``: max over the prompt's tokens of
+  ``max cos(token, forget tokens) - max cos(token, background tokens)``, where background =
+  shipped generic text + the set's entity-swapped texts. Token level, so "capital of France"
+  and "capital of Germany" differ; contrastive, so template words shared with any question
+  about anybody cancel out and only what is specific to the forget set (names, facts) counts.
+* ``contrast_top3``: mean of the three largest token contrasts (robust to one lucky token).
+* ``forget_max``: max cosine to the forget tokens (O3's local 1-NN term, token level).
+* ``global_lda``: Mahalanobis distance of the pooled prompt to the background mean minus that
+  to the forget mean, under one shrinkage (Ledoit-Wolf) covariance.
+* ``global_oneclass``: minus the Mahalanobis distance to the forget mean (O3's global term).
+
+All terms are oriented so that larger = more like the forget set (O3's code mixed signs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oblivio.detector.features import PromptFeatures
+
+FEATURES_PER_LAYER = ("contrast_max", "contrast_top3", "forget_max", "global_lda", "global_oneclass")
+
+
+@dataclass(frozen=True)
+class SetBanks:
+    """What one forget set contributes to scoring, per layer (float32, unit-norm token rows).
+
+    ``swap`` has at least one row: a set without entity-swapped texts gets one zero row, which
+    has cosine 0 to everything and so never wins the background maximum."""
+
+    forget: dict[int, np.ndarray]
+    swap: dict[int, np.ndarray]
+    mu_forget: dict[int, np.ndarray]
+    mu_background: dict[int, np.ndarray]
+    precision: dict[int, np.ndarray]
+
+
+class StackedBanks:
+    """All sets' banks stacked per layer; immutable once built (safe to share across threads)."""
+
+    def __init__(self, sets: Sequence[SetBanks], generic: dict[int, np.ndarray], layers: Sequence[int]) -> None:
+        self.layers = tuple(layers)
+        self.n_sets = len(sets)
+        self.generic = {l: np.ascontiguousarray(generic[l], dtype=np.float32) for l in self.layers}
+        self._forget: dict[int, np.ndarray] = {}
+        self._swap: dict[int, np.ndarray] = {}
+        self._f_start: dict[int, np.ndarray] = {}
+        self._s_start: dict[int, np.ndarray] = {}
+        for l in self.layers:
+            self._forget[l] = np.ascontiguousarray(np.concatenate([s.forget[l] for s in sets]), dtype=np.float32) if sets else np.zeros((0, 1), np.float32)
+            self._swap[l] = np.ascontiguousarray(np.concatenate([s.swap[l] for s in sets]), dtype=np.float32) if sets else np.zeros((0, 1), np.float32)
+            self._f_start[l] = _starts([s.forget[l].shape[0] for s in sets])
+            self._s_start[l] = _starts([s.swap[l].shape[0] for s in sets])
+        # Global terms, stacked: (n_sets, d) means and (n_sets, d, d) precisions.
+        self._mu_f = {l: np.stack([s.mu_forget[l] for s in sets]) for l in self.layers} if sets else {}
+        self._mu_b = {l: np.stack([s.mu_background[l] for s in sets]) for l in self.layers} if sets else {}
+        self._prec = {l: np.stack([s.precision[l] for s in sets]) for l in self.layers} if sets else {}
+
+    def raw(self, q: PromptFeatures) -> np.ndarray:
+        """Raw per-layer scores, shape (n_prompts, n_sets, n_layers * len(FEATURES_PER_LAYER))."""
+        n_p = q.n_prompts
+        nf = len(FEATURES_PER_LAYER)
+        out = np.zeros((n_p, self.n_sets, len(self.layers) * nf), dtype=np.float64)
+        if self.n_sets == 0:
+            return out
+        row_starts = q.offsets[:-1]
+        for li, l in enumerate(self.layers):
+            tok = q.tokens[l]
+            fmax = np.maximum.reduceat(tok @ self._forget[l].T, self._f_start[l], axis=1)  # (T, S)
+            gmax = (tok @ self.generic[l].T).max(axis=1) if self.generic[l].shape[0] else np.full(len(tok), -1.0)
+            smax = np.maximum.reduceat(tok @ self._swap[l].T, self._s_start[l], axis=1)
+            contrast = fmax - np.maximum(smax, gmax[:, None])  # (T, S)
+            base = li * nf
+            out[:, :, base + 0] = np.maximum.reduceat(contrast, row_starts, axis=0)
+            out[:, :, base + 1] = _topk_mean_per_prompt(contrast, q.offsets, 3)
+            out[:, :, base + 2] = np.maximum.reduceat(fmax, row_starts, axis=0)
+            pooled = q.pooled[l].astype(np.float64)
+            d = pooled.shape[1]
+            df = _mahalanobis_sq(pooled, self._mu_f[l], self._prec[l]) / d  # (P, S)
+            db = _mahalanobis_sq(pooled, self._mu_b[l], self._prec[l]) / d
+            out[:, :, base + 3] = db - df
+            out[:, :, base + 4] = -df
+        return out
+
+
+def _starts(sizes: Sequence[int]) -> np.ndarray:
+    """Segment starts for ``reduceat``; every segment must be non-empty (reduceat would
+    otherwise return a neighbour's value), which ``SetBanks`` guarantees."""
+    if any(n <= 0 for n in sizes):
+        raise ValueError("every set needs at least one bank row")
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
+def _topk_mean_per_prompt(values: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((len(offsets) - 1, values.shape[1]))
+    for i in range(len(offsets) - 1):
+        block = values[offsets[i] : offsets[i + 1]]
+        kk = min(k, block.shape[0])
+        out[i] = np.sort(block, axis=0)[-kk:].mean(axis=0)
+    return out
+
+
+def _mahalanobis_sq(x: np.ndarray, mu: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances of every row of ``x`` to every set: (P, S)."""
+    diff = x[:, None, :] - mu[None, :, :]  # (P, S, d)
+    return np.einsum("psd,sde,pse->ps", diff, prec, diff, optimize=True)

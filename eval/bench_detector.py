@@ -1,0 +1,371 @@
+"""Detector benchmark: quality on held-out paraphrases, privacy trade-off, and cost.
+
+Run: ``oblivio eval detector [--quick]`` or ``python -m oblivio.eval.bench_detector [--quick]``.
+
+What it measures (issue 4's goals):
+
+* Quality, per forget split (1, 5, 10% of the people of a TOFU-like data set, see
+  ``entity_data``): positives = the forget people's questions in *paraphrase templates never seen
+  at fit time*; near negatives = the same paraphrase templates about other people; far negatives =
+  general chat prompts. AUROC and TPR at <= 5% FPR for our detector and for the plain baseline
+  (mean-pooled hidden states, 1-nearest-neighbour cosine; its best layer, chosen on the test data,
+  which favours the baseline). One ROC plot (PNG) per case.
+* Privacy: AUROC with the stored-state protection (random projection to 128 dims + int8) vs
+  without (full 576-d float features), and an inversion attack on stored token vectors
+  (nearest input embedding, and nearest context-free token hidden state) with and without it.
+* Cost: scoring latency of one prompt with 1..20 sets registered vs one greedy 32-token
+  generation of the base model (transformers) on the same machine and thread count.
+
+Writes ``eval/reports/detector/report.md`` and PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger("oblivio.eval.bench_detector")
+DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "detector"
+
+
+@dataclass
+class CaseResult:
+    split: str
+    kind: str  # near | far
+    n_pos: int
+    n_neg: int
+    ours_auroc: float
+    ours_tpr5: float
+    base_auroc: float
+    base_tpr5: float
+    base_layer: int
+    ours_tpr_at_half: float
+    ours_fpr_at_half: float
+    plot: str
+
+
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.05) -> float:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, s)
+    ok = fpr <= max_fpr
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def _pool(raw: dict[int, np.ndarray], offsets: np.ndarray) -> dict[int, np.ndarray]:
+    lengths = np.diff(offsets)
+    return {l: np.add.reduceat(x, offsets[:-1], axis=0) / lengths[:, None] for l, x in raw.items()}
+
+
+def _cos_1nn(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    return (q @ b.T).max(axis=1)
+
+
+def _plot(path: Path, title: str, y: np.ndarray, curves: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
+    for label, s in curves.items():
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{label} (AUROC {roc_auc_score(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    ax.axvline(0.05, color="red", lw=0.6, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> Path:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from oblivio.detector import FeatureExtractor, fit_forget_set
+    from oblivio.detector.scorer import generic_bank
+    from oblivio.eval.entity_data import build_dataset
+    from oblivio.gateway.config import load_config
+
+    config = load_config(args.config, {"model.path": args.model})
+    threads = args.threads or config.detector.threads
+    torch.set_num_threads(threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quick = args.quick
+    n_people = 60 if quick else 200
+    percents = (5,) if quick else (1, 5, 10)
+    n_near = 150 if quick else 400
+    rng = np.random.default_rng(args.seed)
+    t_start = time.time()
+
+    data = build_dataset(seed=args.seed, n_people=n_people)
+    extractor = FeatureExtractor.from_pretrained(
+        config.model_path, layers=config.detector.layers, max_prompt_tokens=config.detector.max_prompt_tokens
+    )
+    extractor.background()
+    generic = generic_bank(extractor)
+    far = [g.prompt for g in data.general]
+    results: list[CaseResult] = []
+    fit_times: dict[str, float] = {}
+    scorers = {}
+    diagnostics = {}
+
+    variants = [(p, False) for p in percents] + [(percents[0], True)]
+    for pct, with_subjects in variants:
+        split = f"forget{pct:02d}" + ("+subjects" if with_subjects else "")
+        forget = data.forget_split(pct)
+        retain = data.retain_ids(forget)
+        fit_texts = data.texts(forget)
+        pos = [q.question for q in data.items(forget, paraphrase=True)]
+        near_pool = [q.question for q in data.items(retain, paraphrase=True)]
+        near = [near_pool[i] for i in rng.choice(len(near_pool), min(n_near, len(near_pool)), replace=False)]
+        LOG.info("%s: %d people, %d fit texts, %d/%d/%d probes", split, len(forget), len(fit_texts), len(pos), len(near), len(far))
+        t = time.perf_counter()
+        scorer = fit_forget_set(extractor, fit_texts, name=split.replace("+", "-"), subjects=data.names(forget) if with_subjects else ())
+        fit_times[split] = time.perf_counter() - t
+        scorers[split] = scorer
+        diagnostics[split] = scorer.diagnostics
+        probes = pos + near + far
+        ours = scorer.score_features(extractor.extract(probes), generic)
+        # plain baseline: raw mean-pooled hidden states, 1-NN cosine to the fit texts
+        raw_fit, off_fit, _ = extractor.raw_hidden(fit_texts)
+        raw_probe, off_probe, _ = extractor.raw_hidden(probes)
+        pf, pp = _pool(raw_fit, off_fit), _pool(raw_probe, off_probe)
+        base = {l: _cos_1nn(pp[l], pf[l]) for l in extractor.layers}
+        n1, n2 = len(pos), len(near)
+        for kind, neg in (("near", slice(n1, n1 + n2)), ("far", slice(n1 + n2, None))):
+            y = np.r_[np.ones(n1), np.zeros(len(probes[neg]))]
+            s_ours = np.r_[ours[:n1], ours[neg]]
+            base_auc = {l: roc_auc_score(y, np.r_[b[:n1], b[neg]]) for l, b in base.items()}
+            best = max(base_auc, key=base_auc.get)
+            s_base = np.r_[base[best][:n1], base[best][neg]]
+            png = out / f"roc_{split.replace('+', '_')}_{kind}.png"
+            _plot(png, f"{split}, {kind} negatives ({n1} pos / {len(y) - n1} neg)", y,
+                  {"oblivio detector": s_ours, f"baseline: pooled 1-NN cos, layer {best}": s_base})
+            results.append(
+                CaseResult(split, kind, n1, int(len(y) - n1), float(roc_auc_score(y, s_ours)), tpr_at_fpr(y, s_ours),
+                           float(base_auc[best]), tpr_at_fpr(y, s_base), best,
+                           float((ours[:n1] >= 0.5).mean()), float((ours[neg] >= 0.5).mean()), png.name)
+            )
+            LOG.info("%s %s: ours AUROC %.4f TPR@5%% %.3f | baseline AUROC %.4f", split, kind,
+                     results[-1].ours_auroc, results[-1].ours_tpr5, results[-1].base_auroc)
+
+    privacy_rows: list[tuple[str, ...]] = []
+    if not args.skip_privacy:
+        privacy_rows = _privacy(args, data, extractor, rng, n_near, far, quick)
+
+    cost_rows, gen_time = _cost(config, extractor, scorers, far, quick)
+
+    report = _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost_rows, gen_time, threads,
+                           time.time() - t_start)
+    return report
+
+
+def _privacy(args, data, extractor, rng, n_near, far, quick) -> list[tuple[str, ...]]:
+    """AUROC with vs without the stored-state protection, and the inversion attack."""
+    from sklearn.metrics import roc_auc_score
+
+    from oblivio.detector import fit_forget_set
+    from oblivio.detector.privacy import dequantize_rows, inversion_recovery_rate, quantize_rows
+    from oblivio.detector.scorer import generic_bank
+
+    pct = 5 if not quick else 5
+    forget = data.forget_split(pct)
+    fit_texts = data.texts(forget)
+    pos = [q.question for q in data.items(forget, paraphrase=True)]
+    near_pool = [q.question for q in data.items(data.retain_ids(forget), paraphrase=True)]
+    near = [near_pool[i] for i in rng.choice(len(near_pool), min(n_near, len(near_pool)), replace=False)]
+    rows: list[tuple[str, ...]] = []
+    spaces = {"protected (128-d random projection + int8)": extractor,
+              "unprotected (576-d, no projection)": extractor.with_projection(None)}
+    for label, ext in spaces.items():
+        sc = fit_forget_set(ext, fit_texts, name="privacy")
+        s = sc.score_features(ext.extract(pos + near + far), generic_bank(ext))
+        n1, n2 = len(pos), len(near)
+        y_near = np.r_[np.ones(n1), np.zeros(n2)]
+        y_far = np.r_[np.ones(n1), np.zeros(len(far))]
+        rows.append(("auroc", label, f"{roc_auc_score(y_near, s[: n1 + n2]):.4f}",
+                     f"{roc_auc_score(y_far, np.r_[s[:n1], s[n1 + n2:]]):.4f}"))
+    # Inversion: stored token vectors (with their true ids, known only to the benchmark) vs an
+    # attacker who knows the model and the projection and searches candidate tokens.
+    feats = extractor.extract(fit_texts, with_token_ids=True)
+    raw, _, ids = extractor.raw_hidden(fit_texts)
+    vocab = extractor.model.embed_tokens.weight.detach().float().numpy()
+    cand_ids = np.unique(np.r_[np.unique(ids), rng.choice(len(vocab), 2000 if not quick else 500, replace=False)])
+    # context-free token states: each candidate token alone in a user turn
+    cand_texts = [extractor.tokenizer.decode([int(i)]) for i in cand_ids]
+    keep = [i for i, t in enumerate(cand_texts) if t.strip()]
+    cand_ids, cand_texts = cand_ids[keep], [cand_texts[i] for i in keep]
+    cand_raw, cand_off, _ = extractor.raw_hidden(cand_texts)
+    first = cand_off[:-1]  # the first token of each candidate text
+    for l in extractor.layers:
+        stored_protected = dequantize_rows(quantize_rows(feats.tokens[l]))
+        emb_prot = extractor.to_space(l, vocab[cand_ids])
+        ctx_prot = extractor.to_space(l, cand_raw[l][first])
+        rows.append(("inversion", f"layer {l}",
+                     f"{inversion_recovery_rate(raw[l], ids, vocab[cand_ids], cand_ids):.3f}",
+                     f"{inversion_recovery_rate(stored_protected, feats.token_ids, emb_prot, cand_ids):.3f}",
+                     f"{inversion_recovery_rate(raw[l], ids, cand_raw[l][first], cand_ids):.3f}",
+                     f"{inversion_recovery_rate(stored_protected, feats.token_ids, ctx_prot, cand_ids):.3f}",
+                     str(len(cand_ids))))
+    return rows
+
+
+def _cost(config, extractor, scorers, far, quick) -> tuple[list[tuple[int, float]], float]:
+    """Latency of scoring one prompt vs number of registered sets, and one 32-token generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oblivio.detector import DetectorBank
+
+    repeats = 5 if quick else 15
+    prompt = ["Which town is Felix Ashavale originally from, and what did he write?"]
+    template = scorers.get("forget05") or next(iter(scorers.values()))
+    bank = DetectorBank(extractor)
+    rows: list[tuple[int, float]] = []
+    rows.append((0, _median_time(lambda: extractor.extract(prompt), repeats)))
+    registered = 0
+    for n in (1, 2, 5, 10, 20):
+        while registered < n:
+            bank.add(f"set{registered}", template)  # same-size copies: cost depends on size, not content
+            registered += 1
+        rows.append((n, _median_time(lambda: bank.score(prompt), repeats)))
+    tok = AutoTokenizer.from_pretrained(config.model_path)
+    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt[0]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+
+    def generate() -> None:
+        with torch.inference_mode():
+            model.generate(**ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+
+    gen_time = _median_time(generate, 3)
+    return rows, gen_time
+
+
+def _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost_rows, gen_time, threads, elapsed) -> Path:
+    import torch
+
+    lines = ["# Detector benchmark", ""]
+    lines.append(f"- command: `{' '.join(shlex.quote(a) for a in args.argv)}`")
+    lines.append(f"- machine: {platform.node()}, {platform.machine()}, {platform.processor() or 'cpu'}, "
+                 f"{__import__('os').cpu_count()} CPU cores, torch {torch.__version__}, {threads} torch thread(s); "
+                 "the machine was shared with other jobs while this ran (timings are noisy)")
+    lines.append(f"- data: entity_data seed {args.seed}, {'quick' if args.quick else 'full'} mode; wall time {elapsed / 60:.1f} min")
+    lines.append("")
+    lines.append("## Quality (held-out paraphrase templates)")
+    lines.append("")
+    lines.append("| split | negatives | pos/neg | ours AUROC | ours TPR@5%FPR | baseline AUROC | baseline TPR@5%FPR | baseline layer | ours TPR / FPR at p>=0.5 | plot |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        lines.append(f"| {r.split} | {r.kind} | {r.n_pos}/{r.n_neg} | {r.ours_auroc:.4f} | {r.ours_tpr5:.3f} | {r.base_auroc:.4f} | "
+                     f"{r.base_tpr5:.3f} | {r.base_layer} | {r.ours_tpr_at_half:.3f} / {r.ours_fpr_at_half:.3f} | ![]({r.plot}) |")
+    lines.append("")
+    near = [r for r in results if r.kind == "near"]
+    farr = [r for r in results if r.kind == "far"]
+    ok_near = all(r.ours_auroc >= 0.97 and r.ours_tpr5 >= 0.95 for r in near)
+    ok_far = all(r.ours_auroc >= 0.995 for r in farr)
+    lines.append(f"- goal near AUROC >= 0.97 and TPR >= 95% at <= 5% FPR: **{'met' if ok_near else 'NOT met'}** "
+                 f"(min AUROC {min(r.ours_auroc for r in near):.4f}, min TPR {min(r.ours_tpr5 for r in near):.3f})")
+    lines.append(f"- goal far AUROC >= 0.995: **{'met' if ok_far else 'NOT met'}** (min {min(r.ours_auroc for r in farr):.4f})")
+    lines.append("- the baseline's layer is picked on the test data (its best), which flatters the baseline.")
+    lines.append("")
+    lines.append("Fit time and cross-fitted diagnostics (out-of-fold scores on the forget texts vs swapped/background texts):")
+    lines.append("")
+    lines.append("| split | fit time (s) | texts | swapped | cross-fit AUROC | cross-fit TPR/FPR at 0.5 |")
+    lines.append("|---|---|---|---|---|---|")
+    for split, t in fit_times.items():
+        d = diagnostics[split]
+        lines.append(f"| {split} | {t:.1f} | {int(d['n_texts'])} | {int(d['n_swapped'])} | {d['crossfit_auroc']:.4f} | "
+                     f"{d['crossfit_tpr_at_0.5']:.3f} / {d['crossfit_fpr_at_0.5']:.3f} |")
+    lines.append("")
+    if privacy_rows:
+        lines.append("## Privacy trade-off (forget05)")
+        lines.append("")
+        lines.append("| feature space | near AUROC | far AUROC |")
+        lines.append("|---|---|---|")
+        for row in privacy_rows:
+            if row[0] == "auroc":
+                lines.append(f"| {row[1]} | {row[2]} | {row[3]} |")
+        lines.append("")
+        lines.append("Inversion attack on stored token vectors: share of vectors whose nearest candidate token is the "
+                     "true one. Attacker knows the base model and the projection; candidates = every token of the "
+                     "forget texts plus random vocabulary (so the attack is easier than a full-vocabulary search).")
+        lines.append("")
+        lines.append("| layer | input-embedding NN, raw | input-embedding NN, protected | context-free hidden-state NN, raw | context-free hidden-state NN, protected | candidates |")
+        lines.append("|---|---|---|---|---|---|")
+        for row in privacy_rows:
+            if row[0] == "inversion":
+                lines.append(f"| {row[1]} | {row[2]} | {row[3]} | {row[4]} | {row[5]} | {row[6]} |")
+        lines.append("")
+    lines.append("## Cost")
+    lines.append("")
+    lines.append(f"One greedy 32-token generation of the full base model (transformers, same threads): **{gen_time * 1000:.0f} ms**.")
+    lines.append("")
+    lines.append("| registered sets | scoring latency, one prompt (ms) | share of one generation |")
+    lines.append("|---|---|---|")
+    for n, t in cost_rows:
+        label = "0 (feature forward only)" if n == 0 else str(n)
+        lines.append(f"| {label} | {t * 1000:.1f} | {t / gen_time:.1%} |")
+    t20 = dict(cost_rows).get(20, float("nan"))
+    t1 = dict(cost_rows).get(1, float("nan"))
+    lines.append("")
+    lines.append(f"- goal 20 sets < 20% of one generation: **{'met' if t20 < 0.2 * gen_time else 'NOT met'}** ({t20 / gen_time:.1%}); "
+                 f"growth 1 -> 20 sets: x{t20 / t1:.2f} (sublinear means well below x20).")
+    lines.append("- sets in the cost rows are same-size copies of the forget05 scorer (10 people, ~300 texts each); "
+                 "scoring cost depends on bank sizes, not on content.")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m oblivio.eval.bench_detector", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="60 people, forget05 only: a few minutes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: config.detector.threads)")
+    parser.add_argument("--skip-privacy", action="store_true", help="skip the privacy trade-off section")
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file")
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: configured model)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = ["python", "-m", "oblivio.eval.bench_detector", *argv]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    print(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
