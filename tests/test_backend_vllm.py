@@ -15,6 +15,7 @@ from oblivio.gateway.backends.base import (
     SamplingSettings,
 )
 from oblivio.gateway.backends.factory import build_backend
+from oblivio.gateway.backends.vllm_backend import cpu_kv_cache_bytes
 from oblivio.gateway.config import load_config
 
 QUESTION = "What is the capital of France?"
@@ -73,6 +74,10 @@ def test_engine_args_come_from_engine_config(tmp_path):
     args = build_backend(config).engine_args()
     assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3
     assert args.max_cpu_loras == config.engine.max_cpu_loras and args.gpu_memory_utilization == 0.3
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():  # the share sizes the KV cache explicitly (see cpu_kv_cache_bytes)
+        assert args.kv_cache_memory_bytes == cpu_kv_cache_bytes(0.3) > 0
 
 
 

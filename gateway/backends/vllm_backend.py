@@ -138,6 +138,8 @@ class VLLMBackend:
             enforce_eager=current_platform.is_cpu(),
             disable_log_stats=True,
         )
+        if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(cfg.memory_share)
         args.update(self.engine_overrides)
         return AsyncEngineArgs(**args)
 
@@ -441,6 +443,26 @@ class VLLMBackend:
                 except Exception:  # noqa: BLE001 - already gone is fine
                     log.debug("abort(%s) failed", engine_request_id, exc_info=True)
             await self._release(variant)
+
+
+def cpu_kv_cache_bytes(memory_share: float) -> int:
+    """On CPU, ``memory_share`` of the host (NUMA node 0) memory becomes the KV cache.
+
+    vLLM's own reading of ``gpu_memory_utilization`` on CPU is "share of memory the worker may
+    hold in all, its resident weights and libraries included", so a small share (0.1) refuses
+    to start and the outcome depends on what else the process has loaded. An explicit KV cache
+    size is predictable, and it lets vLLM skip its warm-up pass, which starts the engine faster.
+    ``VLLM_CPU_KVCACHE_SPACE`` (GiB), vLLM's own setting, still wins when set.
+    """
+    try:
+        from vllm.utils.cpu_resource_utils import get_memory_node_info
+
+        total = get_memory_node_info(0).total_memory
+    except (ImportError, OSError, KeyError):
+        import psutil
+
+        total = psutil.virtual_memory().total
+    return int(memory_share * total)
 
 
 def _convert_logprobs(entries: Any) -> list[dict[int, float]]:
