@@ -95,17 +95,14 @@ def write_probe_file(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gate_detector_bank(model_path: Path) -> Any:
-    """A real DetectorBank with the ``gate_authors`` set fitted on FORGET_TEXTS."""
-    from oblivio.gateway.config import DetectorConfig
+def gate_detector_bank(detector_extractor: Any) -> Any:
+    """A real DetectorBank with the ``gate_authors`` set fitted on FORGET_TEXTS.
 
-    detector = pytest.importorskip("oblivio.detector")
-    if not hasattr(detector, "fit_forget_set"):
-        pytest.skip("oblivio.detector.fit_forget_set is not available yet")
-    defaults = DetectorConfig()
-    extractor = detector.FeatureExtractor.from_pretrained(
-        model_path, layers=tuple(defaults.layers), max_prompt_tokens=defaults.max_prompt_tokens
-    )
-    bank = detector.DetectorBank(extractor)
-    bank.add(GATE_SET, detector.fit_forget_set(extractor, FORGET_TEXTS, name=GATE_SET, subjects=("Elara Quenwick",)))
+    Built on DETECTOR's shared session extractor, so the model load and the background forward
+    are paid once for the whole suite.
+    """
+    from oblivio.detector import DetectorBank, fit_forget_set
+
+    bank = DetectorBank(detector_extractor)
+    bank.add(GATE_SET, fit_forget_set(detector_extractor, FORGET_TEXTS, name=GATE_SET, subjects=("Elara Quenwick",)))
     return bank
