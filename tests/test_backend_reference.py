@@ -15,8 +15,6 @@ from oblivio.gateway.backends.base import (
     SamplingSettings,
 )
 
-pytestmark = pytest.mark.slow
-
 QUESTION = "What is the capital of France?"
 
 
@@ -41,11 +39,38 @@ async def loaded(reference_backend, lora_adapters):
             await reference_backend.remove_adapter(name)
 
 
+def test_stop_strings_are_cut_and_never_half_sent():
+    from oblivio.gateway.backends.reference import StopStringTracker
+
+    tracker = StopStringTracker(["END"])
+    sent = [tracker.update(text, final=False) for text in ("Hello E", "Hello EN", "Hello ENDING")]
+    assert "".join(sent) == "Hello " and tracker.stopped  # "E", "EN" held back, then cut
+    plain = StopStringTracker([])
+    assert plain.update("caf\ufffd", final=False) == "caf"  # incomplete UTF-8 waits
+    assert plain.update("café!", final=True) == "é!"
+    held = StopStringTracker(["STOP"])
+    assert held.update("aSTO", final=False) == "a" and held.update("aSTO", final=True) == "STO"
+
+
+async def test_unstarted_backend_reports_itself(tmp_path):
+    from oblivio.gateway.backends.base import BackendError
+    from oblivio.gateway.backends.reference import ReferenceBackend
+
+    backend = ReferenceBackend(tmp_path / "model")
+    assert not await backend.healthy()
+    with pytest.raises(BackendError, match="not started"):
+        backend.generate([1], SamplingSettings(), AdapterApplication(), "x")
+    with pytest.raises(BackendError, match="not started"):
+        await backend.add_adapter("a", tmp_path)
+
+
+@pytest.mark.slow
 async def test_implements_the_interface(reference_backend):
     assert isinstance(reference_backend, GenerationBackend)
     assert await reference_backend.healthy()
 
 
+@pytest.mark.slow
 async def test_greedy_base_answer_streams_and_stops_at_eos(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     text, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=30))
@@ -56,6 +81,7 @@ async def test_greedy_base_answer_streams_and_stops_at_eos(loaded, chat_prompt):
     assert chunks[-1].prompt_tokens == len(ids)
 
 
+@pytest.mark.slow
 async def test_adapter_changes_output_and_scale_zero_is_base(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     sampling = SamplingSettings(max_tokens=12, logprobs=3)
@@ -67,6 +93,7 @@ async def test_adapter_changes_output_and_scale_zero_is_base(loaded, chat_prompt
     assert step_logprobs(zero) == step_logprobs(base)
 
 
+@pytest.mark.slow
 async def test_scaling_and_stacking_are_exact(loaded, chat_prompt):
     """alpha + alpha_twin at 0.5 each is exactly alpha at 1.0: scaling and summing are linear."""
     ids = chat_prompt(QUESTION)
@@ -84,6 +111,7 @@ async def test_scaling_and_stacking_are_exact(loaded, chat_prompt):
     assert step_logprobs(half)[0] != step_logprobs(single)[0]
 
 
+@pytest.mark.slow
 async def test_two_adapters_differ_from_each_alone(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     sampling = SamplingSettings(max_tokens=4, logprobs=1)
@@ -98,6 +126,7 @@ async def test_two_adapters_differ_from_each_alone(loaded, chat_prompt):
     assert runs["both"] != runs["alpha"] and runs["both"] != runs["beta"]
 
 
+@pytest.mark.slow
 async def test_logprobs_top_k_and_chosen_token(loaded, chat_prompt):
     _, chunks = await collect(loaded, chat_prompt(QUESTION), SamplingSettings(max_tokens=5, logprobs=4))
     for chunk in chunks:
@@ -108,6 +137,7 @@ async def test_logprobs_top_k_and_chosen_token(loaded, chat_prompt):
         assert all(v <= 0 for v in lp.values())
 
 
+@pytest.mark.slow
 async def test_stop_string_and_max_tokens(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     text, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=30, stop=("Paris",)))
@@ -117,6 +147,7 @@ async def test_stop_string_and_max_tokens(loaded, chat_prompt):
     assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 3
 
 
+@pytest.mark.slow
 async def test_seeded_sampling_is_reproducible(loaded, chat_prompt):
     ids = chat_prompt("Write a short poem about the sea.")
     sampling = SamplingSettings(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
@@ -125,6 +156,7 @@ async def test_seeded_sampling_is_reproducible(loaded, chat_prompt):
     assert first == second
 
 
+@pytest.mark.slow
 async def test_closing_early_stops_generation(loaded, chat_prompt):
     ids = chat_prompt("Tell me a long story about a dragon.")
     stream = loaded.generate(ids, SamplingSettings(max_tokens=500), AdapterApplication(), "early")
@@ -138,6 +170,7 @@ async def test_closing_early_stops_generation(loaded, chat_prompt):
     assert text
 
 
+@pytest.mark.slow
 async def test_bad_requests_fail_at_the_call(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     with pytest.raises(AdapterNotFoundError):
@@ -154,6 +187,7 @@ async def test_bad_requests_fail_at_the_call(loaded, chat_prompt):
         loaded.generate([], SamplingSettings(), AdapterApplication(), "x")
 
 
+@pytest.mark.slow
 async def test_add_replace_and_remove_at_run_time(reference_backend, lora_adapters, chat_prompt, tmp_path):
     ids = chat_prompt(QUESTION)
     sampling = SamplingSettings(max_tokens=3, logprobs=1)
@@ -170,3 +204,18 @@ async def test_add_replace_and_remove_at_run_time(reference_backend, lora_adapte
         await reference_backend.remove_adapter("temp")
     with pytest.raises(ValueError):
         await reference_backend.add_adapter("broken", tmp_path)
+
+
+@pytest.mark.slow
+async def test_removing_every_adapter_restores_the_base_model(loaded, lora_adapters, chat_prompt):
+    ids = chat_prompt(QUESTION)
+    sampling = SamplingSettings(max_tokens=4, logprobs=2)
+    _, before = await collect(loaded, ids, sampling)
+    for name in loaded.list_adapters():
+        await loaded.remove_adapter(name)
+    _, after = await collect(loaded, ids, sampling)
+    assert step_logprobs(after) == step_logprobs(before)
+    await loaded.add_adapter("again", lora_adapters["alpha"])
+    _, adapted = await collect(loaded, ids, sampling, AdapterApplication((("again", 1.0),)))
+    assert step_logprobs(adapted) != step_logprobs(before)
+    await loaded.remove_adapter("again")

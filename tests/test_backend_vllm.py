@@ -65,6 +65,23 @@ def test_factory_picks_the_configured_backend(tmp_path, model_path):
     assert vllm.engine_config.max_lora_rank == 16 and vllm.scale_grid == (0.25, 0.5, 0.75, 1.0)
 
 
+async def test_unstarted_or_closed_backend_reports_itself(tmp_path, model_path):
+    """No engine, no service: a clear BackendError (gRPC UNAVAILABLE), never a hang."""
+    from oblivio.gateway.backends.base import BackendError
+
+    config = load_config(overrides={"engine.backend": "vllm", "model.path": str(model_path)},
+                         environ={"OBLIVIO_HOME": str(tmp_path)})
+    backend = build_backend(config)
+    assert not await backend.healthy()
+    with pytest.raises(BackendError, match="not started"):
+        backend.generate([1, 2], SamplingSettings(), AdapterApplication(), "x")
+    await backend.close()
+    with pytest.raises(BackendError, match="closed"):
+        await backend.add_adapter("a", tmp_path)
+    with pytest.raises(BackendError, match="closed"):
+        await backend.start()
+
+
 @pytest.mark.slow  # imports vLLM (about 20 s)
 def test_engine_args_come_from_engine_config(tmp_path):
     env = {"OBLIVIO_HOME": str(tmp_path)}

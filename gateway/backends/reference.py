@@ -131,7 +131,8 @@ class ReferenceBackend:
 
     def _require_started(self) -> None:
         if self._model is None:
-            raise BackendError("reference backend is not started" if not self._closed else "reference backend is closed")
+            state = "closed" if self._closed else "not started"
+            raise BackendError(f"reference backend is {state}")
 
     # ------------------------------------------------------------------ adapters
 
@@ -140,10 +141,10 @@ class ReferenceBackend:
 
     async def add_adapter(self, name: str, path: Path) -> None:
         """Load ``path`` under ``name``; an existing ``name`` is replaced (a new version)."""
+        self._require_started()
         if not name:
             raise ValueError("adapter name must be non-empty")
         path = check_adapter_folder(path)
-        self._require_started()
         async with self._lock:
             await asyncio.to_thread(self._load_adapter, name, path)
 
@@ -173,7 +174,16 @@ class ReferenceBackend:
         async with self._lock:
             internal = self._adapters.pop(name, None)
             if internal is not None:
-                await asyncio.to_thread(self._model.delete_adapter, internal)
+                await asyncio.to_thread(self._delete_adapter, internal)
+
+    def _delete_adapter(self, internal: str) -> None:
+        if self._adapters:
+            self._model.delete_adapter(internal)
+        else:
+            # peft leaves a PeftModel without adapters in a broken state (stale active adapter
+            # names); unwrapping restores the plain base model, and the next add wraps it again.
+            self._model = self._model.unload()
+            self._model.eval()
 
     def _activate(self, adapters: tuple[tuple[str, float], ...]) -> contextlib.AbstractContextManager:
         """Point every LoRA layer at exactly this request's adapters and scales."""

@@ -216,6 +216,7 @@ class VLLMBackend:
         The adapter is loaded into the engine at once (at the grid's largest scale), so an
         adapter vLLM cannot serve fails here, at registration, not in a user's request.
         """
+        self._require_engine()
         if not name:
             raise ValueError("adapter name must be non-empty")
         path = Path(path).resolve()
@@ -228,7 +229,6 @@ class VLLMBackend:
                 f"adapter {name!r} has rank {rank}, above engine max_lora_rank "
                 f"{self.engine_config.max_lora_rank}"
             )
-        self._require_engine()
         adapter = _Adapter(name=name, path=path, version=next(self._versions), rank=rank)
         async with self._lock:
             previous = self._adapters.get(name)
