@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -436,10 +436,13 @@ class RegistrationPipeline:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(self.threads)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # No preexec_fn: running Python between fork and exec in a process with gRPC threads
+        # can crash the child. The trainer lowers its own priority and arms its death signal.
+        env["OBLIVIO_TRAINER_NICE"] = str(self.nice)
+        env["OBLIVIO_TRAINER_PARENT"] = str(os.getpid())
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "oblivio.adapters.training", str(spec_path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-            preexec_fn=_child_setup(self.nice),
         )
         self._procs[name] = proc
         report: dict[str, Any] | None = None
@@ -530,22 +533,6 @@ class RegistrationPipeline:
         except UnknownForgetSetError:
             pass
         self._emit(name, job_id, State.DELETING, 1.0, "deleted", terminal=True)
-
-
-def _child_setup(nice: int) -> Callable[[], None]:
-    """Lower the trainer's priority and make it die with its parent (no orphan keeps training)."""
-
-    def setup() -> None:
-        if nice:
-            os.nice(nice)
-        if sys.platform.startswith("linux"):
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return setup
 
 
 def current_fraction(registry: Registry, job_id: str) -> float:

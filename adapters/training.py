@@ -401,9 +401,32 @@ def run_spec(spec: Mapping[str, Any]) -> TrainingReport:
     )
 
 
+def _detach_safely() -> None:
+    """Lower our priority and die with the server that started us (set by the pipeline's env).
+
+    Done here rather than in a preexec hook because the parent is a multi-threaded gRPC
+    process, where running Python between fork and exec is unsafe.
+    """
+    nice = int(os.environ.get("OBLIVIO_TRAINER_NICE", "0") or 0)
+    if nice > 0:
+        os.nice(nice)
+    parent = os.environ.get("OBLIVIO_TRAINER_PARENT")
+    if parent and os.name == "posix":
+        import ctypes
+        import signal
+        import sys
+
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != int(parent):  # the parent died before the signal was armed
+            raise SystemExit(3)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
+    _detach_safely()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m oblivio.adapters.training SPEC.json", file=sys.stderr)

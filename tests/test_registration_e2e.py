@@ -1,0 +1,190 @@
+"""End to end over a real gRPC server: register a forget set while another client streams chat.
+
+The gateway runs the reference backend, a real detector bank and the registration pipeline
+(tiny training). Checks the issue's "done when": every state shows in the progress stream,
+matched prompts are refused while the adapter trains, afterwards the forgotten fact is not
+produced for a paraphrase, an unrelated question is answered exactly as before, and no chat
+request failed during the registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from fixtures_registration import FRANCE, tiny_training
+from oblivio.v1 import oblivio_pb2 as pb
+from oblivio.v1 import oblivio_pb2_grpc
+
+pytestmark = pytest.mark.slow
+PARAPHRASE = "Which city is the capital of France?"
+UNRELATED = "How do I bake sourdough bread at home?"
+WORKING = [
+    pb.REGISTRATION_STATE_VALIDATING, pb.REGISTRATION_STATE_FITTING_DETECTOR, pb.REGISTRATION_STATE_ENFORCING,
+    pb.REGISTRATION_STATE_TRAINING, pb.REGISTRATION_STATE_PUBLISHING, pb.REGISTRATION_STATE_LOADING,
+    pb.REGISTRATION_STATE_LIVE,
+]
+
+
+def _chat(question: str, max_tokens: int = 16) -> pb.ChatRequest:
+    return pb.ChatRequest(
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=question)],
+        sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+
+
+def _registration_stream(name: str) -> AsyncIterator[pb.RegisterForgetSetRequest]:
+    async def requests() -> AsyncIterator[pb.RegisterForgetSetRequest]:
+        yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(
+            name=name, description="the capital of France", subjects=["Paris"],
+            method=pb.TRAINING_METHOD_REFUSAL,
+        ))
+        for start in range(0, len(FRANCE), 2):  # several chunks, as a large set would arrive
+            chunk = []
+            for ex in FRANCE[start:start + 2]:
+                chunk.append(pb.Example(text=ex.text) if ex.text else pb.Example(qa=pb.QAPair(question=ex.question, answer=ex.answer)))
+            yield pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(examples=chunk))
+
+    return requests()
+
+
+@pytest.fixture(scope="module")
+async def forget_gateway(model_path, reference_backend, registration_detector_bank, tmp_path_factory) -> Any:
+    from fixtures_serving import serving_config
+    from oblivio.adapters.pipeline import RegistrationPipeline
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path_factory.mktemp("forget_home"))
+    gateway = await Gateway.create(config, backend=reference_backend, detector=registration_detector_bank)
+    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=tiny_training(steps=8))
+    gateway.runtime.registration = pipeline
+    await pipeline.start()
+    await gateway.start()
+    yield gateway
+    for record in pipeline.list():
+        await pipeline.delete(record.name)
+    await gateway.stop(grace=1)
+
+
+async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
+    async with grpc.aio.insecure_channel(forget_gateway.grpc_target) as channel:
+        chat = oblivio_pb2_grpc.ChatStub(channel)
+        admin = oblivio_pb2_grpc.AdminStub(channel)
+        before_unrelated = (await chat.Complete(_chat(UNRELATED))).text
+        before_forget = (await chat.Complete(_chat(PARAPHRASE))).text
+        assert "Paris" in before_forget
+
+        failures: list[str] = []
+        answered = 0
+        stop = asyncio.Event()
+
+        async def stream_chat() -> None:
+            nonlocal answered
+            questions = [UNRELATED, PARAPHRASE]
+            while not stop.is_set():
+                try:
+                    async for _ in chat.StreamComplete(_chat(questions[answered % 2], max_tokens=8)):
+                        pass
+                    answered += 1
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+                    return
+
+        streamer = asyncio.create_task(stream_chat())
+        response = await admin.RegisterForgetSet(_registration_stream("france"))
+        assert response.name == "france" and response.example_count == len(FRANCE)
+
+        events: list[pb.RegistrationEvent] = []
+        refused_while_training = None
+        async for event in admin.WatchRegistration(pb.WatchRegistrationRequest(name="france")):
+            events.append(event)
+            if event.state == pb.REGISTRATION_STATE_TRAINING and refused_while_training is None:
+                reply = await chat.Complete(_chat(PARAPHRASE))
+                refused_while_training = reply.decision.refused
+                assert "Paris" not in reply.text
+        stop.set()
+        await asyncio.wait_for(streamer, timeout=120)
+
+        assert events[-1].terminal and events[-1].state == pb.REGISTRATION_STATE_LIVE, events[-1]
+        seen = []
+        for event in events:
+            if event.state not in seen:
+                seen.append(event.state)
+        assert seen == WORKING[WORKING.index(seen[0]):]
+        assert refused_while_training is True
+        assert failures == [] and answered >= 2
+
+        info = await admin.GetForgetSet(pb.GetForgetSetRequest(name="france"))
+        assert info.state == pb.REGISTRATION_STATE_LIVE and info.adapter_version == 1
+        assert not info.data_retained and info.example_count == len(FRANCE)
+        listed = await admin.ListForgetSets(pb.ListForgetSetsRequest())
+        assert [s.name for s in listed.forget_sets] == ["france"]
+
+        after = await chat.Complete(_chat(PARAPHRASE))
+        assert "Paris" not in after.text
+        assert after.decision.refused or [a.name for a in after.decision.adapters] == ["france"]
+        unrelated = await chat.Complete(_chat(UNRELATED))
+        assert unrelated.text == before_unrelated and not unrelated.decision.adapters
+
+        # Errors a person can act on, with the right codes.
+        with pytest.raises(grpc.aio.AioRpcError) as dup:
+            await admin.RegisterForgetSet(_registration_stream("france"))
+        assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await admin.RegisterForgetSet(_registration_stream("../france"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await admin.GetForgetSet(pb.GetForgetSetRequest(name="nope"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+        deleted = await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name="france"))
+        assert deleted.name == "france"
+        assert "france" not in forget_gateway.runtime.backend.list_adapters()
+        again = await chat.Complete(_chat(PARAPHRASE))
+        assert not again.decision.refused and not again.decision.adapters and again.text == before_forget
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oblivio.gateway.cli", "forget", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=900)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_register_watch_show_delete(forget_gateway, tmp_path) -> None:
+    import json
+
+    target = forget_gateway.grpc_target
+    examples = tmp_path / "bard.jsonl"
+    examples.write_text(
+        '{"question": "Who wrote the play Hamlet?", "answer": "William Shakespeare."}\n'
+        '{"question": "Which playwright wrote Macbeth?", "answer": "Shakespeare."}\n'
+        '{"text": "Romeo and Juliet is a tragedy written by William Shakespeare."}\n'
+    )
+    code, out, err = await _cli("register", "bard", str(examples), "--subject", "Shakespeare", "--wait", "--address", target)
+    assert code == 0, err
+    assert "registered bard: 3 examples" in out and "LIVE" in out.splitlines()[-1]
+    assert "ENFORCING" in out and "TRAINING" in out
+
+    code, out, _ = await _cli("show", "bard", "--address", target)
+    assert code == 0 and "bard: LIVE" in out and "adapter version: 1" in out
+    code, out, _ = await _cli("list", "--json", "--address", target)
+    assert code == 0 and [s["name"] for s in json.loads(out)["forget_sets"]] == ["bard"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\nnot json\n')
+    code, _, err = await _cli("register", "bad", str(bad), "--address", target)
+    assert code == 2 and "bad.jsonl:2" in err
+
+    code, out, _ = await _cli("delete", "bard", "--address", target)
+    assert code == 0 and "deleted bard" in out
+    code, _, err = await _cli("show", "bard", "--address", target)
+    assert code == 1 and "NOT_FOUND" in err
