@@ -9,8 +9,8 @@ PNG plots plus a JSON summary a person (or a CI job) can read; optionally the su
 threshold is applied to the live policy as a new version.
 
 Thresholds use the gate's own rule, ``score >= threshold`` matches, and every reported rate is
-recomputed from the scores at the final (clamped) threshold, so the numbers are exactly what the
-gate would do with these prompts.
+recomputed from the scores at the final threshold, so the numbers are exactly what the gate
+would do with these prompts.
 """
 
 from __future__ import annotations
@@ -163,8 +163,13 @@ def suggest_threshold(
 ) -> float:
     """The gate threshold meeting ``target`` on these scores, in [0, 1].
 
-    catch_rate: the highest threshold whose TPR reaches the target (fewest false positives).
-    fpr: the lowest threshold whose FPR stays within the target (most catches).
+    catch_rate: the operating point with the fewest false positives whose TPR reaches the target.
+    fpr: the operating point with the most catches whose FPR stays within the target (and, among
+    equal catch rates, the fewest false positives).
+
+    Every threshold strictly between the chosen score and the next lower score gives the same
+    rates on the probes; the midpoint is returned (largest margin on both sides), so a prompt
+    scoring a hair differently from a probe does not flip the decision.
     """
     from sklearn.metrics import roc_curve
 
@@ -173,8 +178,14 @@ def suggest_threshold(
         index = int(np.argmax(tpr >= target.value - 1e-12))
     else:
         within = np.nonzero(fpr <= target.value + 1e-12)[0]
-        index = int(within[-1])
-    return float(min(max(thresholds[index], 0.0), 1.0))
+        best = tpr[within].max()
+        index = int(within[np.argmax(tpr[within] >= best)])
+    upper = float(min(thresholds[index], 1.0))
+    if index + 1 < len(thresholds):
+        lower = float(thresholds[index + 1])
+        if lower < upper:
+            upper = (upper + lower) / 2.0
+    return float(min(max(upper, 0.0), 1.0))
 
 
 def calibrate(

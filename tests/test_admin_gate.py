@@ -302,15 +302,22 @@ async def test_policy_updates_reach_new_chat_requests_atomically(detector_admin,
             seen.append(await admin.Explain(pb.ExplainRequest(messages=_user(prompt))))
 
     tasks = [asyncio.create_task(traffic(p)) for p in (FORGET_PROBES[1], KEEP_PROBES[1], FORGET_PROBES[2])]
+    async def observed(version: int) -> None:
+        while not any(r.decision.policy_version >= version for r in seen):
+            await asyncio.sleep(0.05)
+
     try:
-        for threshold in (0.0, 1.0, 0.0, 1.0, 0.0, 1.0):
-            await admin.UpdateGatePolicy(pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=threshold)))
-            await asyncio.sleep(0.15)
+        for threshold in (0.0, 1.0, 0.0, 1.0):
+            updated = await admin.UpdateGatePolicy(
+                pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=threshold))
+            )
+            # Each new version must reach new requests (no restart, no stale cache).
+            await asyncio.wait_for(observed(updated.version), timeout=120)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
     versions = {r.decision.policy_version for r in seen}
-    assert len(seen) >= 6 and len(versions) >= 2
+    assert len(versions) >= 4
     for result in seen:
         policy = store.get_version(result.decision.policy_version)
         verdict = result.decision.verdicts[0]

@@ -53,13 +53,19 @@ def test_bad_probe_files_fail_clearly(tmp_path: Path, name: str, content: str, m
 def test_threshold_selection_matches_the_gate_rule() -> None:
     labels = [True] * 5 + [False] * 5
     scores = [0.9, 0.8, 0.7, 0.6, 0.3, 0.65, 0.4, 0.2, 0.1, 0.05]
-    # 80% catch: the highest threshold catching 4 of 5 positives is the 4th-best positive.
-    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 0.8)) == 0.6
-    # Full catch needs going down to 0.3, which lets 0.65 and 0.4 through.
-    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 1.0)) == 0.3
-    # FPR 0: lowest threshold above every negative: 0.7 (0.65 is a negative).
-    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.0)) == 0.7
-    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.2)) == 0.6
+    # Sorted: .9+ .8+ .7+ .65- .6+ .4- .3+ .2- .1- .05-. The threshold is the midpoint between
+    # the operating point's score and the next lower score (same rates, largest margin).
+    # 80% catch: down to 0.6 (4 of 5 positives, 1 false positive) -> between 0.6 and 0.4.
+    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 0.8)) == pytest.approx(0.5)
+    # Full catch needs going down to 0.3 -> between 0.3 and 0.2.
+    assert suggest_threshold(labels, scores, CalibrationTarget("catch_rate", 1.0)) == pytest.approx(0.25)
+    # FPR 0: stop above the 0.65 negative -> between 0.7 and 0.65.
+    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.0)) == pytest.approx(0.675)
+    # FPR 0.2 allows one negative: the most catches (0.8) is reached at 0.6 -> between 0.6 and 0.4.
+    assert suggest_threshold(labels, scores, CalibrationTarget("fpr", 0.2)) == pytest.approx(0.5)
+    # A generous FPR budget does not lower the threshold once every positive is caught.
+    separable = [True, True, False, False]
+    assert suggest_threshold(separable, [0.9, 0.8, 0.3, 0.1], CalibrationTarget("fpr", 0.5)) == pytest.approx(0.55)
 
 
 @pytest.mark.parametrize(("kind", "value"), [("catch_rate", 0.0), ("fpr", 1.5), ("tpr", 0.5), ("fpr", float("nan"))])
@@ -110,7 +116,7 @@ def test_apply_threshold_creates_a_policy_version(tmp_path: Path) -> None:
     probes = [Probe("a", True), Probe("b", True), Probe("c", False), Probe("d", False)]
     report = calibrate("authors", probes, out_dir=tmp_path / "cal", scores=[0.9, 0.7, 0.4, 0.2])
     version = apply_suggested_threshold(report, store)
-    assert version == 2 and store.current().for_set("authors").threshold == 0.7
+    assert version == 2 and store.current().for_set("authors").threshold == pytest.approx(0.55)
     assert json.loads(report.summary_json_path.read_text())["applied_policy_version"] == 2
 
 
