@@ -114,8 +114,13 @@ def _random_name(rng: random.Random) -> str:
     return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
 
 
-def swap_entities(text: str, subjects: Sequence[str], rng: random.Random) -> str:
+def swap_entities(text: str, subjects: Sequence[str], rng: random.Random, *, last_only: bool = False) -> str:
     """Replace named entities in ``text`` with shipped made-up ones, keeping everything else.
+
+    ``last_only`` replaces only the last word of multi-word names ("Felix Ashavale" ->
+    "Felix Novak"): a causal model's state for "Felix" cannot depend on the surname that follows,
+    so without such negatives a person who merely shares a first name with a forgotten one would
+    look like a match.
 
     With ``subjects`` (the people or things a request is about), each subject's full name and
     its single words are replaced consistently. Without subjects, or for entities beyond them,
@@ -124,11 +129,13 @@ def swap_entities(text: str, subjects: Sequence[str], rng: random.Random) -> str
     """
     out = text
     for subject in sorted((s for s in subjects if s.strip()), key=len, reverse=True):
-        new = _random_name(rng)
-        out = out.replace(subject, new)
-        old_parts, new_parts = subject.split(), new.split()
+        old_parts = subject.split()
+        new_parts = _random_name(rng).split()
+        if last_only and len(old_parts) > 1:
+            new_parts = old_parts[:-1] + new_parts[-1:]
+        out = out.replace(subject, " ".join(new_parts))
         for i, part in enumerate(old_parts):
-            if len(part) > 2:
+            if len(part) > 2 and part != new_parts[min(i, len(new_parts) - 1)]:
                 out = re.sub(rf"\b{re.escape(part)}\b", new_parts[min(i, len(new_parts) - 1)], out)
 
     memo: dict[str, str] = {}
@@ -147,7 +154,12 @@ def swap_entities(text: str, subjects: Sequence[str], rng: random.Random) -> str
             return match.group(0)  # already one of ours
         key = " ".join(words)
         if key not in memo:
-            memo[key] = _random_name(rng) if len(words) >= 2 else rng.choice(_PLACES)
+            if len(words) < 2:
+                memo[key] = key if last_only else rng.choice(_PLACES)
+            elif last_only:
+                memo[key] = " ".join(words[:-1] + [rng.choice(_LAST)])
+            else:
+                memo[key] = _random_name(rng)
         return prefix + memo[key]
 
     return _CAP_RUN.sub(repl, out)

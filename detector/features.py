@@ -347,6 +347,30 @@ class FeatureExtractor:
         ids = np.concatenate([np.asarray(w) for w in windows])
         return {l: np.concatenate(raw[l]) for l in self.layers}, offsets, ids
 
+    def extract_with_raw(self, texts: Sequence[str]) -> tuple[PromptFeatures, dict[int, np.ndarray]]:
+        """Features and the raw user-token hidden states from ONE forward (benchmarks compare
+        the detector with a plain baseline on the same forward)."""
+        items = validate_texts(texts, what="prompts")
+        with self._lock:
+            self._ensure_stats()
+            windows, owner = self._windows(items)
+            raw = self._forward_raw(windows)
+        features = self._assemble(len(items), windows, owner, raw, with_token_ids=True)
+        return features, {l: np.concatenate(raw[l]) for l in self.layers}
+
+    def features_from_raw(self, raw: dict[int, np.ndarray], offsets: np.ndarray) -> PromptFeatures:
+        """This extractor's features from raw states another extractor of the same model
+        produced (benchmarks: compare feature spaces without a second forward)."""
+        with self._lock:
+            self._ensure_stats()
+        lengths = np.diff(offsets)
+        tokens, pooled = {}, {}
+        for l in self.layers:
+            x = self.to_space(l, raw[l])
+            pooled[l] = (np.add.reduceat(x, offsets[:-1], axis=0) / lengths[:, None]).astype(np.float32)
+            tokens[l] = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+        return PromptFeatures(tokens=tokens, pooled=pooled, offsets=np.asarray(offsets, dtype=np.int64))
+
     def with_projection(self, projection_dim: int | None, projection_seed: int | None = None) -> "FeatureExtractor":
         """A second extractor sharing this one's model and background statistics but using
         another feature space (benchmarks compare protected vs unprotected spaces)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["quantize_rows", "dequantize_rows", "shuffle_rows", "inversion_recovery_rate"]
+__all__ = ["quantize_rows", "dequantize_rows", "shuffle_rows", "dedupe_rows", "inversion_recovery_rate"]
 
 
 def quantize_rows(x: np.ndarray) -> np.ndarray:
@@ -42,6 +42,29 @@ def dequantize_rows(q: np.ndarray) -> np.ndarray:
 def shuffle_rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Drop the token order (and with it the text boundaries)."""
     return x[rng.permutation(len(x))]
+
+
+def dedupe_rows(x: np.ndarray, threshold: float, block: int = 256) -> np.ndarray:
+    """Greedy leader selection: keep a unit row only if its cosine to every kept row is below
+    ``threshold``. Repeated template tokens collapse to one row, which bounds bank size (and
+    so scoring cost) and removes the repetition structure of the texts from the stored state;
+    a rare token (a name, a fact) has no near duplicate and is always kept."""
+    kept: list[np.ndarray] = []
+    kept_mat = np.zeros((0, x.shape[1]), dtype=x.dtype)
+    for start in range(0, len(x), block):
+        cand = x[start : start + block]
+        if len(kept_mat):
+            cand = cand[(cand @ kept_mat.T).max(axis=1) < threshold]
+        if not len(cand):
+            continue
+        sims = cand @ cand.T
+        take: list[int] = []
+        for i in range(len(cand)):
+            if not take or sims[i, take].max() < threshold:
+                take.append(i)
+        kept.append(cand[take])
+        kept_mat = np.concatenate([kept_mat, cand[take]])
+    return kept_mat
 
 
 def inversion_recovery_rate(stored: np.ndarray, true_ids: np.ndarray, candidates: np.ndarray, candidate_ids: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from oblivio.detector.background import swap_entities
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
-from oblivio.detector.privacy import dequantize_rows, quantize_rows, shuffle_rows
+from oblivio.detector.privacy import dedupe_rows, dequantize_rows, quantize_rows, shuffle_rows
 from oblivio.detector.scoring import FEATURES_PER_LAYER, SetBanks, StackedBanks
 
 __all__ = ["ForgetSetScorer", "fit_forget_set", "IncompatibleScorerError", "FORMAT_VERSION", "generic_bank"]
@@ -180,15 +180,25 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-def _protect(tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What the stored bank holds: shuffled, int8-quantised rows (round-tripped now so that
-    fit-time and post-load scores are identical)."""
+def _protect(tokens: np.ndarray, rng: np.random.Generator, dedupe: float | None) -> np.ndarray:
+    """What the stored bank holds: shuffled, near-duplicate-free, int8-quantised rows
+    (round-tripped now so that fit-time and post-load scores are identical)."""
     if len(tokens) == 0:
         return np.zeros((1, tokens.shape[1]), dtype=np.float32)  # see SetBanks: never empty
-    return dequantize_rows(quantize_rows(shuffle_rows(tokens, rng)))
+    rows = shuffle_rows(tokens, rng)
+    if dedupe is not None:
+        rows = dedupe_rows(rows, dedupe)
+    return dequantize_rows(quantize_rows(rows))
 
 
-def _build_banks(forget: PromptFeatures, swap: PromptFeatures | None, generic: PromptFeatures, layers: Sequence[int], seed: int) -> SetBanks:
+def _build_banks(
+    forget: PromptFeatures,
+    swap: PromptFeatures | None,
+    generic: PromptFeatures,
+    layers: Sequence[int],
+    seed: int,
+    dedupe: float | None,
+) -> SetBanks:
     rng = np.random.default_rng(seed)
     mu_f, mu_b, prec = {}, {}, {}
     for l in layers:
@@ -198,8 +208,8 @@ def _build_banks(forget: PromptFeatures, swap: PromptFeatures | None, generic: P
         prec[l] = LedoitWolf(assume_centered=True).fit(centred).precision_.astype(np.float64)
     dim = forget.tokens[layers[0]].shape[1]
     return SetBanks(
-        forget={l: _protect(forget.tokens[l], rng) for l in layers},
-        swap={l: _protect(swap.tokens[l] if swap is not None else np.zeros((0, dim), np.float32), rng) for l in layers},
+        forget={l: _protect(forget.tokens[l], rng, dedupe) for l in layers},
+        swap={l: _protect(swap.tokens[l] if swap is not None else np.zeros((0, dim), np.float32), rng, dedupe) for l in layers},
         mu_forget=mu_f,
         mu_background=mu_b,
         precision=prec,
@@ -223,8 +233,13 @@ def fit_forget_set(
     n_folds: int = 4,
     seed: int = 0,
     regularization: float = 0.5,
+    dedupe: float | None = 0.97,
 ) -> ForgetSetScorer:
-    """Fit a scorer for one forget set (see module doc). Raises ValueError/TypeError on bad input."""
+    """Fit a scorer for one forget set (see module doc). Raises ValueError/TypeError on bad input.
+
+    ``dedupe``: token rows with a cosine >= this to an already kept row are dropped from the
+    banks (None keeps all); this bounds bank size and scoring cost (see ``privacy.dedupe_rows``).
+    """
     name = _validate_name(name)
     items = validate_texts(texts, what="texts")
     subj = validate_texts(subjects, what="subjects")
@@ -238,10 +253,12 @@ def fit_forget_set(
     swapped: list[str] = []
     swap_src: list[int] = []
     for i, text in enumerate(forget_texts):
-        other = swap_entities(text, subj, py_rng)
-        if other != text:
-            swapped.append(other)
-            swap_src.append(i)
+        # two near misses per text: every name swapped, and only the surnames swapped
+        for last_only in (False, True):
+            other = swap_entities(text, subj, py_rng, last_only=last_only)
+            if other != text and other not in swapped:
+                swapped.append(other)
+                swap_src.append(i)
     n = len(forget_texts)
     feats = extractor.extract(forget_texts + swapped)
     ff = feats.subset(range(n))
@@ -264,7 +281,7 @@ def fit_forget_set(
         s_train = np.flatnonzero(swap_fold != fold)
         s_test = np.flatnonzero(swap_fold == fold)
         banks = _build_banks(
-            ff.subset(train), fs.subset(s_train) if fs is not None and len(s_train) else None, generic, layers, seed + fold
+            ff.subset(train), fs.subset(s_train) if fs is not None and len(s_train) else None, generic, layers, seed + fold, dedupe
         )
         stacked = StackedBanks([banks], generic.tokens, layers)
         calib = [r for j, r in enumerate(calib_rows) if j % k == fold]
@@ -290,5 +307,8 @@ def fit_forget_set(
         "crossfit_tpr_at_0.5": float((cross_p[y == 1] >= 0.5).mean()),
         "crossfit_fpr_at_0.5": float((cross_p[y == 0] >= 0.5).mean()),
     }
-    final = _build_banks(ff, fs, generic, layers, seed + k)
+    final = _build_banks(ff, fs, generic, layers, seed + k, dedupe)
+    diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))
+    diagnostics["bank_rows_swap"] = float(sum(final.swap[l].shape[0] for l in layers) / len(layers))
+    diagnostics["tokens_forget"] = float(ff.tokens[layers[0]].shape[0])
     return ForgetSetScorer(name, extractor.fingerprint(), final, agg, diagnostics)

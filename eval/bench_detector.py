@@ -95,14 +95,15 @@ def _plot(path: Path, title: str, y: np.ndarray, curves: dict[str, np.ndarray]) 
     plt.close(fig)
 
 
-def _median_time(fn, repeats: int) -> float:
+def _timings(fn, repeats: int) -> tuple[float, float]:
+    """(median, min) wall time of ``fn``; min is the least disturbed by other jobs."""
     fn()  # warm
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -138,58 +139,74 @@ def run(args: argparse.Namespace) -> Path:
     scorers = {}
     diagnostics = {}
 
+    # Splits are nested (forget01 in forget05 in forget10), so one near-negative sample from the
+    # people outside the largest split serves every case, and one forward covers all probes.
+    largest = data.forget_split(max(percents))
+    outside = data.retain_ids(largest)
+    near_pool = [q.question for q in data.items(outside, paraphrase=True)]
+    near = [near_pool[i] for i in rng.choice(len(near_pool), min(n_near, len(near_pool)), replace=False)]
+    pos_all = data.items(largest, paraphrase=True)
+    probe_texts = [q.question for q in pos_all] + near + far
+    LOG.info("extracting %d probes", len(probe_texts))
+    probe_feats, probe_raw = extractor.extract_with_raw(probe_texts)
+    probe_pooled = _pool(probe_raw, probe_feats.offsets)
+    fit_all = data.items(largest, paraphrase=False)
+    fit_feats, fit_raw_all = extractor.extract_with_raw([q.text for q in fit_all])
+    fit_pooled_all = _pool(fit_raw_all, fit_feats.offsets)
+    n_pos_all, n_near_total = len(pos_all), len(near)
+
     variants = [(p, False) for p in percents] + [(percents[0], True)]
     for pct, with_subjects in variants:
         split = f"forget{pct:02d}" + ("+subjects" if with_subjects else "")
-        forget = data.forget_split(pct)
-        retain = data.retain_ids(forget)
-        fit_texts = data.texts(forget)
-        pos = [q.question for q in data.items(forget, paraphrase=True)]
-        near_pool = [q.question for q in data.items(retain, paraphrase=True)]
-        near = [near_pool[i] for i in rng.choice(len(near_pool), min(n_near, len(near_pool)), replace=False)]
-        LOG.info("%s: %d people, %d fit texts, %d/%d/%d probes", split, len(forget), len(fit_texts), len(pos), len(near), len(far))
+        forget = set(data.forget_split(pct))
+        fit_rows = [i for i, q in enumerate(fit_all) if q.person_id in forget]
+        fit_texts = [fit_all[i].text for i in fit_rows]
+        pos_rows = [i for i, q in enumerate(pos_all) if q.person_id in forget]
+        neg_near = list(range(n_pos_all, n_pos_all + n_near_total))
+        neg_far = list(range(n_pos_all + n_near_total, len(probe_texts)))
+        LOG.info("%s: %d people, %d fit texts, %d/%d/%d probes", split, len(forget), len(fit_texts), len(pos_rows), len(neg_near), len(neg_far))
         t = time.perf_counter()
-        scorer = fit_forget_set(extractor, fit_texts, name=split.replace("+", "-"), subjects=data.names(forget) if with_subjects else ())
+        scorer = fit_forget_set(extractor, fit_texts, name=split.replace("+", "-"), subjects=data.names(sorted(forget)) if with_subjects else ())
         fit_times[split] = time.perf_counter() - t
         scorers[split] = scorer
         diagnostics[split] = scorer.diagnostics
-        probes = pos + near + far
-        ours = scorer.score_features(extractor.extract(probes), generic)
+        ours_all = scorer.score_features(probe_feats, generic)
         # plain baseline: raw mean-pooled hidden states, 1-NN cosine to the fit texts
-        raw_fit, off_fit, _ = extractor.raw_hidden(fit_texts)
-        raw_probe, off_probe, _ = extractor.raw_hidden(probes)
-        pf, pp = _pool(raw_fit, off_fit), _pool(raw_probe, off_probe)
-        base = {l: _cos_1nn(pp[l], pf[l]) for l in extractor.layers}
-        n1, n2 = len(pos), len(near)
-        for kind, neg in (("near", slice(n1, n1 + n2)), ("far", slice(n1 + n2, None))):
-            y = np.r_[np.ones(n1), np.zeros(len(probes[neg]))]
-            s_ours = np.r_[ours[:n1], ours[neg]]
-            base_auc = {l: roc_auc_score(y, np.r_[b[:n1], b[neg]]) for l, b in base.items()}
+        base_all = {l: _cos_1nn(probe_pooled[l], fit_pooled_all[l][fit_rows]) for l in extractor.layers}
+        for kind, neg_rows in (("near", neg_near), ("far", neg_far)):
+            rows = pos_rows + neg_rows
+            y = np.r_[np.ones(len(pos_rows)), np.zeros(len(neg_rows))]
+            s_ours = ours_all[rows]
+            base_auc = {l: roc_auc_score(y, b[rows]) for l, b in base_all.items()}
             best = max(base_auc, key=base_auc.get)
-            s_base = np.r_[base[best][:n1], base[best][neg]]
+            s_base = base_all[best][rows]
+            n1 = len(pos_rows)
             png = out / f"roc_{split.replace('+', '_')}_{kind}.png"
-            _plot(png, f"{split}, {kind} negatives ({n1} pos / {len(y) - n1} neg)", y,
+            _plot(png, f"{split}, {kind} negatives ({n1} pos / {len(neg_rows)} neg)", y,
                   {"oblivio detector": s_ours, f"baseline: pooled 1-NN cos, layer {best}": s_base})
             results.append(
-                CaseResult(split, kind, n1, int(len(y) - n1), float(roc_auc_score(y, s_ours)), tpr_at_fpr(y, s_ours),
+                CaseResult(split, kind, n1, len(neg_rows), float(roc_auc_score(y, s_ours)), tpr_at_fpr(y, s_ours),
                            float(base_auc[best]), tpr_at_fpr(y, s_base), best,
-                           float((ours[:n1] >= 0.5).mean()), float((ours[neg] >= 0.5).mean()), png.name)
+                           float((s_ours[:n1] >= 0.5).mean()), float((s_ours[n1:] >= 0.5).mean()), png.name)
             )
-            LOG.info("%s %s: ours AUROC %.4f TPR@5%% %.3f | baseline AUROC %.4f", split, kind,
-                     results[-1].ours_auroc, results[-1].ours_tpr5, results[-1].base_auroc)
+            LOG.info("%s %s: ours AUROC %.4f TPR@5%% %.3f | baseline AUROC %.4f TPR@5%% %.3f", split, kind,
+                     results[-1].ours_auroc, results[-1].ours_tpr5, results[-1].base_auroc, results[-1].base_tpr5)
 
     privacy_rows: list[tuple[str, ...]] = []
     if not args.skip_privacy:
-        privacy_rows = _privacy(args, data, extractor, rng, n_near, far, quick)
+        mid = 5 if 5 in percents else percents[0]
+        privacy_rows = _privacy(data, extractor, mid, results, probe_feats, probe_raw, pos_all, n_near_total,
+                                fit_all, fit_feats, fit_raw_all, rng, quick)
 
-    cost_rows, gen_time = _cost(config, extractor, scorers, far, quick)
+    cost_rows, gen_time = _cost(config, extractor, scorers, quick)
 
     report = _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost_rows, gen_time, threads,
                            time.time() - t_start)
     return report
 
 
-def _privacy(args, data, extractor, rng, n_near, far, quick) -> list[tuple[str, ...]]:
+def _privacy(data, extractor, pct, results, probe_feats, probe_raw, pos_all, n_near, fit_all, fit_feats, fit_raw,
+             rng, quick) -> list[tuple[str, ...]]:
     """AUROC with vs without the stored-state protection, and the inversion attack."""
     from sklearn.metrics import roc_auc_score
 
@@ -197,67 +214,80 @@ def _privacy(args, data, extractor, rng, n_near, far, quick) -> list[tuple[str, 
     from oblivio.detector.privacy import dequantize_rows, inversion_recovery_rate, quantize_rows
     from oblivio.detector.scorer import generic_bank
 
-    pct = 5 if not quick else 5
-    forget = data.forget_split(pct)
-    fit_texts = data.texts(forget)
-    pos = [q.question for q in data.items(forget, paraphrase=True)]
-    near_pool = [q.question for q in data.items(data.retain_ids(forget), paraphrase=True)]
-    near = [near_pool[i] for i in rng.choice(len(near_pool), min(n_near, len(near_pool)), replace=False)]
+    split = f"forget{pct:02d}"
+    forget = set(data.forget_split(pct))
     rows: list[tuple[str, ...]] = []
-    spaces = {"protected (128-d random projection + int8)": extractor,
-              "unprotected (576-d, no projection)": extractor.with_projection(None)}
-    for label, ext in spaces.items():
-        sc = fit_forget_set(ext, fit_texts, name="privacy")
-        s = sc.score_features(ext.extract(pos + near + far), generic_bank(ext))
-        n1, n2 = len(pos), len(near)
-        y_near = np.r_[np.ones(n1), np.zeros(n2)]
-        y_far = np.r_[np.ones(n1), np.zeros(len(far))]
-        rows.append(("auroc", label, f"{roc_auc_score(y_near, s[: n1 + n2]):.4f}",
-                     f"{roc_auc_score(y_far, np.r_[s[:n1], s[n1 + n2:]]):.4f}"))
+    for r in results:
+        if r.split == split:
+            rows.append(("auroc", "protected (128-d random projection + int8)", r.kind, f"{r.ours_auroc:.4f}", f"{r.ours_tpr5:.3f}"))
+    # Unprotected: full-width standardised features (no projection); int8 stays (it is < 1% on cosines).
+    LOG.info("privacy: fitting %s in the unprotected space", split)
+    open_ext = extractor.with_projection(None)
+    fit_texts = [q.text for q in fit_all if q.person_id in forget]
+    scorer = fit_forget_set(open_ext, fit_texts, name="unprotected")
+    s = scorer.score_features(open_ext.features_from_raw(probe_raw, probe_feats.offsets), generic_bank(open_ext))
+    pos_rows = [i for i, q in enumerate(pos_all) if q.person_id in forget]  # probe rows: positives first
+    n_pos_all = len(pos_all)
+    near_rows = list(range(n_pos_all, n_pos_all + n_near))
+    far_rows = list(range(n_pos_all + n_near, probe_feats.n_prompts))
+    for kind, neg in (("near", near_rows), ("far", far_rows)):
+        y = np.r_[np.ones(len(pos_rows)), np.zeros(len(neg))]
+        sc = s[pos_rows + neg]
+        rows.append(("auroc", "unprotected (576-d, no projection)", kind, f"{roc_auc_score(y, sc):.4f}", f"{tpr_at_fpr(y, sc):.3f}"))
     # Inversion: stored token vectors (with their true ids, known only to the benchmark) vs an
     # attacker who knows the model and the projection and searches candidate tokens.
-    feats = extractor.extract(fit_texts, with_token_ids=True)
-    raw, _, ids = extractor.raw_hidden(fit_texts)
+    fit_rows = [i for i, q in enumerate(fit_all) if q.person_id in forget]
+    feats = fit_feats.subset(fit_rows)
+    ids = feats.token_ids
+    tok_rows = np.concatenate([np.arange(fit_feats.offsets[i], fit_feats.offsets[i + 1]) for i in fit_rows])
+    raw = {l: fit_raw[l][tok_rows] for l in extractor.layers}
     vocab = extractor.model.embed_tokens.weight.detach().float().numpy()
-    cand_ids = np.unique(np.r_[np.unique(ids), rng.choice(len(vocab), 2000 if not quick else 500, replace=False)])
-    # context-free token states: each candidate token alone in a user turn
+    cand_ids = np.unique(np.r_[np.unique(ids), rng.choice(len(vocab), 500 if quick else 2000, replace=False)])
     cand_texts = [extractor.tokenizer.decode([int(i)]) for i in cand_ids]
-    keep = [i for i, t in enumerate(cand_texts) if t.strip()]
+    keep = [i for i, t in enumerate(cand_texts) if t.strip() and extractor.tokenizer(t, add_special_tokens=False).input_ids[:1] == [int(cand_ids[i])]]
     cand_ids, cand_texts = cand_ids[keep], [cand_texts[i] for i in keep]
+    # context-free token states: each candidate token alone in a user turn
+    LOG.info("privacy: inversion attack, %d candidate tokens", len(cand_ids))
     cand_raw, cand_off, _ = extractor.raw_hidden(cand_texts)
-    first = cand_off[:-1]  # the first token of each candidate text
+    first = cand_off[:-1]
+    guess_ext = extractor.with_projection(extractor.projection_dim, extractor.projection_seed + 1)
     for l in extractor.layers:
         stored_protected = dequantize_rows(quantize_rows(feats.tokens[l]))
         emb_prot = extractor.to_space(l, vocab[cand_ids])
         ctx_prot = extractor.to_space(l, cand_raw[l][first])
+        ctx_guess = guess_ext.to_space(l, cand_raw[l][first])
         rows.append(("inversion", f"layer {l}",
                      f"{inversion_recovery_rate(raw[l], ids, vocab[cand_ids], cand_ids):.3f}",
-                     f"{inversion_recovery_rate(stored_protected, feats.token_ids, emb_prot, cand_ids):.3f}",
+                     f"{inversion_recovery_rate(stored_protected, ids, emb_prot, cand_ids):.3f}",
                      f"{inversion_recovery_rate(raw[l], ids, cand_raw[l][first], cand_ids):.3f}",
-                     f"{inversion_recovery_rate(stored_protected, feats.token_ids, ctx_prot, cand_ids):.3f}",
+                     f"{inversion_recovery_rate(stored_protected, ids, ctx_prot, cand_ids):.3f}",
+                     f"{inversion_recovery_rate(stored_protected, ids, ctx_guess, cand_ids):.3f}",
                      str(len(cand_ids))))
     return rows
 
 
-def _cost(config, extractor, scorers, far, quick) -> tuple[list[tuple[int, float]], float]:
+def _cost(config, extractor, scorers, quick) -> tuple[list[tuple[str, int, float, float]], tuple[float, float]]:
     """Latency of scoring one prompt vs number of registered sets, and one 32-token generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from oblivio.detector import DetectorBank
 
-    repeats = 5 if quick else 15
+    LOG.info("cost: scoring latency vs registered sets, and one 32-token generation")
+    repeats = 5 if quick else 11
     prompt = ["Which town is Felix Ashavale originally from, and what did he write?"]
-    template = scorers.get("forget05") or next(iter(scorers.values()))
-    bank = DetectorBank(extractor)
-    rows: list[tuple[int, float]] = []
-    rows.append((0, _median_time(lambda: extractor.extract(prompt), repeats)))
-    registered = 0
-    for n in (1, 2, 5, 10, 20):
-        while registered < n:
-            bank.add(f"set{registered}", template)  # same-size copies: cost depends on size, not content
-            registered += 1
-        rows.append((n, _median_time(lambda: bank.score(prompt), repeats)))
+    rows: list[tuple[str, int, float, float]] = []
+    rows.append(("-", 0, *_timings(lambda: extractor.extract(prompt), repeats)))
+    sizes = [k for k in ("forget01", "forget05") if k in scorers] or [next(iter(scorers))]
+    for key in sizes:
+        template = scorers[key]
+        bank = DetectorBank(extractor)
+        registered = 0
+        for n in (1, 2, 5, 10, 20):
+            while registered < n:
+                bank.add(f"set{registered}", template)  # same-size copies: cost depends on size, not content
+                registered += 1
+            rows.append((key, n, *_timings(lambda: bank.score(prompt), repeats)))
     tok = AutoTokenizer.from_pretrained(config.model_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=torch.float32).eval()
     ids = tok.apply_chat_template([{"role": "user", "content": prompt[0]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -266,8 +296,8 @@ def _cost(config, extractor, scorers, far, quick) -> tuple[list[tuple[int, float
         with torch.inference_mode():
             model.generate(**ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
 
-    gen_time = _median_time(generate, 3)
-    return rows, gen_time
+    gen = _timings(generate, 3)
+    return rows, gen
 
 
 def _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost_rows, gen_time, threads, elapsed) -> Path:
@@ -299,48 +329,54 @@ def _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost
     lines.append("")
     lines.append("Fit time and cross-fitted diagnostics (out-of-fold scores on the forget texts vs swapped/background texts):")
     lines.append("")
-    lines.append("| split | fit time (s) | texts | swapped | cross-fit AUROC | cross-fit TPR/FPR at 0.5 |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| split | fit time (s) | texts | swapped | tokens | bank rows (forget / swap, per layer) | cross-fit AUROC | cross-fit TPR/FPR at 0.5 |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for split, t in fit_times.items():
         d = diagnostics[split]
-        lines.append(f"| {split} | {t:.1f} | {int(d['n_texts'])} | {int(d['n_swapped'])} | {d['crossfit_auroc']:.4f} | "
+        lines.append(f"| {split} | {t:.1f} | {int(d['n_texts'])} | {int(d['n_swapped'])} | {int(d.get('tokens_forget', 0))} | "
+                     f"{d.get('bank_rows_forget', 0):.0f} / {d.get('bank_rows_swap', 0):.0f} | {d['crossfit_auroc']:.4f} | "
                      f"{d['crossfit_tpr_at_0.5']:.3f} / {d['crossfit_fpr_at_0.5']:.3f} |")
     lines.append("")
     if privacy_rows:
-        lines.append("## Privacy trade-off (forget05)")
+        lines.append("## Privacy trade-off (forget05, or the quick run's split)")
         lines.append("")
-        lines.append("| feature space | near AUROC | far AUROC |")
-        lines.append("|---|---|---|")
+        lines.append("| stored feature space | negatives | AUROC | TPR@5%FPR |")
+        lines.append("|---|---|---|---|")
         for row in privacy_rows:
             if row[0] == "auroc":
-                lines.append(f"| {row[1]} | {row[2]} | {row[3]} |")
+                lines.append(f"| {row[1]} | {row[2]} | {row[3]} | {row[4]} |")
         lines.append("")
         lines.append("Inversion attack on stored token vectors: share of vectors whose nearest candidate token is the "
                      "true one. Attacker knows the base model and the projection; candidates = every token of the "
                      "forget texts plus random vocabulary (so the attack is easier than a full-vocabulary search).")
         lines.append("")
-        lines.append("| layer | input-embedding NN, raw | input-embedding NN, protected | context-free hidden-state NN, raw | context-free hidden-state NN, protected | candidates |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| layer | input-embedding NN, raw | input-embedding NN, protected | context-free hidden-state NN, raw | context-free hidden-state NN, protected | same, attacker without the projection seed | candidates |")
+        lines.append("|---|---|---|---|---|---|---|")
         for row in privacy_rows:
             if row[0] == "inversion":
-                lines.append(f"| {row[1]} | {row[2]} | {row[3]} | {row[4]} | {row[5]} | {row[6]} |")
+                lines.append(f"| {' | '.join(row[1:])} |")
         lines.append("")
     lines.append("## Cost")
     lines.append("")
-    lines.append(f"One greedy 32-token generation of the full base model (transformers, same threads): **{gen_time * 1000:.0f} ms**.")
+    gen_med, gen_min = gen_time
+    lines.append(f"One greedy 32-token generation of the full base model (transformers, same threads): "
+                 f"**{gen_med * 1000:.0f} ms** median, {gen_min * 1000:.0f} ms min.")
     lines.append("")
-    lines.append("| registered sets | scoring latency, one prompt (ms) | share of one generation |")
-    lines.append("|---|---|---|")
-    for n, t in cost_rows:
-        label = "0 (feature forward only)" if n == 0 else str(n)
-        lines.append(f"| {label} | {t * 1000:.1f} | {t / gen_time:.1%} |")
-    t20 = dict(cost_rows).get(20, float("nan"))
-    t1 = dict(cost_rows).get(1, float("nan"))
+    lines.append("| registered sets (copies of) | n sets | scoring latency, one prompt: median / min (ms) | share of one generation (median / min) |")
+    lines.append("|---|---|---|---|")
+    for key, n, med, mn in cost_rows:
+        label = "none: feature forward only" if n == 0 else key
+        lines.append(f"| {label} | {n} | {med * 1000:.1f} / {mn * 1000:.1f} | {med / gen_med:.1%} / {mn / gen_min:.1%} |")
     lines.append("")
-    lines.append(f"- goal 20 sets < 20% of one generation: **{'met' if t20 < 0.2 * gen_time else 'NOT met'}** ({t20 / gen_time:.1%}); "
-                 f"growth 1 -> 20 sets: x{t20 / t1:.2f} (sublinear means well below x20).")
-    lines.append("- sets in the cost rows are same-size copies of the forget05 scorer (10 people, ~300 texts each); "
-                 "scoring cost depends on bank sizes, not on content.")
+    for key in sorted({k for k, n, _, _ in cost_rows if n}):
+        by_n = {n: (med, mn) for k, n, med, mn in cost_rows if k == key}
+        share = by_n[20][1] / gen_min
+        lines.append(f"- {key}-sized sets: goal 20 sets < 20% of one generation: **{'met' if share < 0.2 else 'NOT met'}** "
+                     f"({share:.1%} on min timings); growth 1 -> 20 sets: x{by_n[20][1] / by_n[1][1]:.2f} "
+                     "(sublinear = well below x20).")
+    lines.append("- the sets in the cost rows are same-size copies of the fitted scorer named in the first column; "
+                 "scoring cost depends on bank sizes, not on content. The machine was shared: min timings are the "
+                 "least disturbed, medians include interference.")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -129,8 +129,11 @@ def test_stored_state_holds_no_text_token_ids_or_order(
     texts = person_texts(tiny_entities, 0, paraphrase=False)
     in_order = detector_extractor.extract(texts).tokens[8]
     stored = ForgetSetScorer.load(directory).banks.forget[8]
-    assert stored.shape[0] >= in_order.shape[0]
-    assert not np.allclose(stored[: len(in_order)], in_order, atol=0.02)
+    # near-duplicate tokens collapse (repeated templates), rare ones stay; order is not kept
+    assert 0 < stored.shape[0] <= in_order.shape[0]
+    assert not np.allclose(stored, in_order[: len(stored)], atol=0.02)
+    nearest = (stored @ in_order.T).max(axis=1)
+    assert nearest.min() > 0.97  # each stored row is a (quantised) token of the texts, nothing else
 
 
 def test_concurrent_add_remove_while_scoring(detector_extractor: Any, two_fitted_sets: dict[str, Any]) -> None:
