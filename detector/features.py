@@ -295,10 +295,10 @@ class FeatureExtractor:
         """Raw hidden states -> standardised, projected (not yet normalised) vectors."""
         assert self._stats is not None
         mean, std = self._stats[layer]
-        x = (raw - mean) / std
-        if self._projection is not None:
-            x = x @ self._projection
-        return x.astype(np.float32)
+        x = ((raw - mean) / std).astype(np.float32)
+        if self._projection is not None:  # torch: honours torch threads (see scoring.sims)
+            x = torch.matmul(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self._projection)).numpy()
+        return x
 
     def extract(self, texts: Sequence[str], *, with_token_ids: bool = False) -> PromptFeatures:
         """Features of ``texts``: one forward per batch, shared by every forget set."""

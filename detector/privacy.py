@@ -25,6 +25,12 @@ the protection (``eval/bench_detector.py`` reports the figures).
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+
+def _sims(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` via torch (honours torch threads; numpy's OpenBLAS oversubscribes busy CPUs)."""
+    return torch.matmul(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b)).T).numpy()
 
 __all__ = ["quantize_rows", "dequantize_rows", "shuffle_rows", "dedupe_rows", "inversion_recovery_rate"]
 
@@ -54,10 +60,10 @@ def dedupe_rows(x: np.ndarray, threshold: float, block: int = 256) -> np.ndarray
     for start in range(0, len(x), block):
         cand = x[start : start + block]
         if len(kept_mat):
-            cand = cand[(cand @ kept_mat.T).max(axis=1) < threshold]
+            cand = cand[_sims(cand, kept_mat).max(axis=1) < threshold]
         if not len(cand):
             continue
-        sims = cand @ cand.T
+        sims = _sims(cand, cand)
         take: list[int] = []
         for i in range(len(cand)):
             if not take or sims[i, take].max() < threshold:
@@ -78,6 +84,6 @@ def inversion_recovery_rate(stored: np.ndarray, true_ids: np.ndarray, candidates
     c = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-6)
     hits = 0
     for start in range(0, len(a), 2048):
-        nearest = np.argmax(a[start : start + 2048] @ c.T, axis=1)
+        nearest = np.argmax(_sims(a[start : start + 2048].astype(np.float32), c.astype(np.float32)), axis=1)
         hits += int(np.sum(candidate_ids[nearest] == true_ids[start : start + 2048]))
     return hits / max(len(a), 1)
