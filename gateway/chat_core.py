@@ -36,6 +36,12 @@ LOG = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_TOKENS = 128
 MAX_STOP_SEQUENCES = 8
+# Input bounds checked BEFORE tokenizing: rendering and tokenizing are linear in the text, so
+# without them a client could make the server tokenize megabytes only to be told "too long".
+MAX_MESSAGES = 256
+# No real token of the served tokenizers is near this many characters, so a conversation over
+# max_model_len * MAX_CHARS_PER_TOKEN characters can never fit in the context anyway.
+MAX_CHARS_PER_TOKEN = 32
 # Finish reason of a refused request; the HTTP layer maps it onto OpenAI's "content_filter".
 FINISH_REFUSED = "refused"
 
@@ -225,9 +231,13 @@ class DetectorRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _parse_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
+def _parse_messages(
+    messages: Sequence[Message | Mapping[str, Any]], max_chars: int | None = None
+) -> tuple[Message, ...]:
     if not messages:
         raise ChatInputError("messages must contain at least one message")
+    if len(messages) > MAX_MESSAGES:
+        raise ChatInputError(f"a conversation may have at most {MAX_MESSAGES} messages (got {len(messages)})")
     parsed = []
     for index, item in enumerate(messages):
         role, content = (item.role, item.content) if isinstance(item, Message) else (item.get("role"), item.get("content"))
@@ -238,6 +248,12 @@ def _parse_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Me
         if not isinstance(content, str):
             raise ChatInputError(f"messages[{index}].content must be a string")
         parsed.append(Message(role=role, content=content))
+    total = sum(len(m.content) for m in parsed)
+    if max_chars is not None and total > max_chars:
+        raise ChatInputError(
+            f"the conversation is {total} characters; at most {max_chars} are accepted "
+            "(it could not fit in the model's context)"
+        )
     if not any(m.role == "user" and m.content.strip() for m in parsed):
         raise ChatInputError("messages must include at least one non-empty user message")
     return tuple(parsed)
@@ -334,7 +350,7 @@ class ChatCore:
         self, messages: Sequence[Message | Mapping[str, Any]], policy: gate.GatePolicy | None = None
     ) -> GateOutcome:
         """Detector + gate for a conversation. ``policy`` overrides the store (what-if explain)."""
-        parsed = _parse_messages(messages)
+        parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
         policy = policy if policy is not None else self.policy_store.current()
         text = user_text(parsed)
         started = time.perf_counter()
@@ -386,7 +402,7 @@ class ChatCore:
         started = time.perf_counter()
         try:
             self.check_model(model)
-            parsed = _parse_messages(messages)
+            parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
             prompt_ids = self.render(parsed)
             settings = self.resolve_sampling(sampling, len(prompt_ids))
             outcome = await self.evaluate(parsed)

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import (
@@ -157,6 +158,13 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error_response(400, f"{where}: {first.get('msg', 'invalid request')}", kind="invalid_request_error", param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers an unparseable body (not JSON, invalid UTF-8) with {"detail": ...};
+        # OpenAI clients only understand {"error": {...}}, so keep that shape for every error.
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(exc.status_code, f"{exc.detail} (send a UTF-8 JSON object)" if exc.status_code == 400 else str(exc.detail), kind=kind)
 
     def _check_auth(request: Request) -> JSONResponse | None:
         if authenticator is None:
