@@ -251,6 +251,27 @@ async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
 
 
 @pytest.mark.slow
+async def test_eviction_spares_variants_in_use_and_the_one_just_built(both, chat_prompt):
+    """Cache full and every other variant busy: the new variant still serves its request."""
+    vllm, _ = both
+    ids = chat_prompt("Describe the ocean in detail.")
+    original = vllm.engine_config
+    # A cache of one, held by a running request (the engine's 2 batch slots still fit both).
+    vllm.engine_config = original.model_copy(update={"max_cpu_loras": 1})
+    streams = [vllm.generate(ids, SamplingSettings(max_tokens=100), AdapterApplication((("beta", 1.0),)), "busy")]
+    try:
+        await streams[0].__anext__()  # the beta variant is now held by a running request
+        got = await collect(vllm, ids, SamplingSettings(max_tokens=2), [("alpha", 0.75)])
+        assert got[-1].finish_reason == "length"
+        live = {tuple((n, s) for n, _, s in v.key): v.in_flight for v in vllm.live_variants()}
+        assert live == {(("beta", 1.0),): 1, (("alpha", 0.75),): 0}  # everything else evicted
+    finally:
+        for stream in streams:
+            await stream.aclose()
+        vllm.engine_config = original
+
+
+@pytest.mark.slow
 async def test_bad_requests_fail_at_the_call(both, chat_prompt, tmp_path):
     vllm, _ = both
     ids = chat_prompt(QUESTION)

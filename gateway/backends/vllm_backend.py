@@ -317,13 +317,14 @@ class VLLMBackend:
             self._delete_folder(variant)
             raise
         self._variants[key] = variant
-        await self._evict_over_capacity()
+        await self._evict_over_capacity(keep=key)
         return variant
 
-    async def _evict_over_capacity(self) -> None:
-        """Keep at most ``max_cpu_loras`` variants; skip those requests are using right now."""
+    async def _evict_over_capacity(self, keep: VariantKey) -> None:
+        """Keep at most ``max_cpu_loras`` variants; never evict ``keep`` (the one just built,
+        about to be used) nor one that requests are using right now."""
         excess = len(self._variants) - self.engine_config.max_cpu_loras
-        for key in [k for k, v in self._variants.items() if v.in_flight == 0]:
+        for key in [k for k, v in self._variants.items() if v.in_flight == 0 and k != keep]:
             if excess <= 0:
                 break
             await self._dispose(self._variants.pop(key))
