@@ -234,20 +234,25 @@ async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
     vllm, _ = both
     ids = chat_prompt("Hi")
     sampling = SamplingSettings(max_tokens=1)
-    seen_ids: set[int] = set()
-    for name in ("alpha", "beta"):
-        for scale in (0.25, 0.5, 0.75, 1.0):
-            await collect(vllm, ids, sampling, [(name, scale)])
-            seen_ids.update(v.lora_id for v in vllm.live_variants())
-    await collect(vllm, ids, sampling, [("alpha", 0.25), ("beta", 0.25)])
-    live = vllm.live_variants()
-    assert len(live) <= vllm.engine_config.max_cpu_loras
-    assert len({v.lora_id for v in live}) == len(live)
-    newest = live[-1].key
-    assert [(name, scale) for name, _, scale in newest] == [("alpha", 0.25), ("beta", 0.25)]
-    assert len(seen_ids) >= 8  # every variant got its own id; ids are never reused
-    folders = [p for p in vllm._variant_dir.iterdir() if p.is_dir()]
-    assert len(folders) <= len(live)  # evicted variants' folders are gone
+    original = vllm.engine_config
+    vllm.engine_config = original.model_copy(update={"max_cpu_loras": 3})  # evict sooner
+    try:
+        ids_by_key: dict = {}
+        plans = [[("alpha", 0.25)], [("alpha", 0.5)], [("alpha", 0.25)], [("beta", 0.5)],
+                 [("alpha", 0.25), ("beta", 0.25)]]
+        for plan in plans:
+            await collect(vllm, ids, sampling, plan)
+            for v in vllm.live_variants():
+                assert ids_by_key.setdefault(v.key, v.lora_id) == v.lora_id  # stable per variant
+        live = vllm.live_variants()
+        simple = [tuple((n, s) for n, _, s in v.key) for v in live]
+        # alpha@0.25 was used again after alpha@0.5, so alpha@0.5 (and older) went first.
+        assert simple == [(("alpha", 0.25),), (("beta", 0.5),), (("alpha", 0.25), ("beta", 0.25))]
+        assert len(set(ids_by_key.values())) == len(ids_by_key)  # unique, never reused
+        folders = {p.name for p in vllm._variant_dir.iterdir() if p.is_dir()}
+        assert folders == {f"lora-{v.lora_id}" for v in live}  # evicted variants' folders are gone
+    finally:
+        vllm.engine_config = original
 
 
 @pytest.mark.slow
