@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-requests", type=int, default=8, help="requests per path and level (at least)")
     parser.add_argument("--blocks", type=int, default=2, help="alternating blocks per path and level")
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--memory-share", type=float, default=0.2, help="vLLM memory share (host RAM on CPU)")
+    parser.add_argument("--memory-share", type=float, default=0.05, help="vLLM memory share (sizes the KV cache from host RAM on CPU)")
     parser.add_argument("--out", type=Path, default=REPORT_DIR / "gateway_overhead.md")
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.max_tokens < 1:
