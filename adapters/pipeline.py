@@ -155,7 +155,11 @@ class RegistrationPipeline:
             if record.state is State.DELETING:
                 await self._finish_delete(record.name)
                 continue
-            await self._restore(record)
+            try:
+                await self._restore(record)
+            except Exception as exc:  # noqa: BLE001 - one bad set must not stop the gateway
+                await self._quarantine(record, exc)
+                continue
             if not record.state.terminal:
                 log.info("resuming registration of %r from %s", record.name, record.state.value)
                 self._spawn(record.name)
@@ -182,6 +186,24 @@ class RegistrationPipeline:
                 self.registry.transition(record.name, State.FAILED, error="adapter files missing at start-up")
                 return
             await self._load_adapter(record.name, adapter_dir)
+
+    async def _quarantine(self, record: ForgetSetRecord, exc: Exception) -> None:
+        """A set whose stored artifacts cannot be loaded (corrupted, truncated, unreadable) is
+        marked FAILED and taken out of the bank and backend, so every other set still serves.
+
+        Its name stays known to the gate and the registry keeps the row, so an operator sees
+        the error (ListForgetSets / GetForgetSet) and can delete and register it again.
+        """
+        log.exception("quarantining forget set %r: its artifacts failed to load", record.name)
+        if self.detector is not None and record.name in self.detector.bank.names():
+            self.detector.bank.remove(record.name)
+        if record.name in self.backend.list_adapters():
+            try:
+                await self.backend.remove_adapter(record.name)
+            except Exception:  # noqa: BLE001 - best effort: it was never fully loaded
+                log.exception("could not unload the adapter of quarantined set %r", record.name)
+        error = f"quarantined at start-up: stored artifacts failed to load ({type(exc).__name__}: {exc}); delete and register it again"
+        self.registry.transition(record.name, State.FAILED, message=error, error=error)
 
     def _sync_policy_sets(self) -> None:
         names = [r.name for r in self.registry.list() if r.state is not State.DELETING]

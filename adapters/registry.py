@@ -54,7 +54,8 @@ ALLOWED: dict[State, frozenset[State]] = {
     state: frozenset({PIPELINE_ORDER[i + 1], state, State.FAILED, State.DELETING})
     for i, state in enumerate(PIPELINE_ORDER[:-1])
 }
-ALLOWED[State.LIVE] = frozenset({State.LIVE, State.DELETING})
+# LIVE -> FAILED only at start-up: a live set whose artifacts no longer load is quarantined.
+ALLOWED[State.LIVE] = frozenset({State.LIVE, State.FAILED, State.DELETING})
 ALLOWED[State.FAILED] = frozenset({State.FAILED, State.DELETING})
 ALLOWED[State.DELETING] = frozenset({State.DELETING})
 

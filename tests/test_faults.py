@@ -1,0 +1,185 @@
+"""Fault tests: disk full during registration, corrupted artifacts at start-up, a failing
+backend engine. (Detector failure -> fail-closed is covered in tests/test_gated_chat.py.)
+
+Registrations here never train: the test holds the pipeline's trainer queue, so jobs park in
+TRAINING ("waiting for the trainer") right after their detector is fitted and published. That
+is exactly the state in which the faults below matter, and it costs seconds instead of minutes.
+Faults we cannot cause for real on this machine (a full disk, an engine dying mid-forward) are
+injected at the lowest layer that would raise them, so everything above runs unmodified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from fixtures_registration import FRANCE, UNRELATED, as_dicts, make_pipeline
+from fixtures_reliability import tree_snapshot, user_request
+from oblivio.adapters import store as store_module
+from oblivio.adapters.registry import State
+from oblivio.v1 import oblivio_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fault_bank(detector_extractor: Any) -> Any:
+    """A private, empty detector bank (the shared ones must not see these test sets)."""
+    from oblivio.detector import DetectorBank
+
+    return DetectorBank(detector_extractor)
+
+
+async def _parked_pipeline(root: Path, model_path: Path, backend: Any, bank: Any) -> Any:
+    """A started pipeline whose trainer queue the test holds (jobs stop in TRAINING)."""
+    pipeline = make_pipeline(root, model_path, backend, bank)
+    await pipeline._train_lock.acquire()  # noqa: SLF001 - parks jobs before the trainer starts
+    await pipeline.start()
+    return pipeline
+
+
+async def _until(pipeline: Any, name: str, states: set[State], timeout: float = 120) -> Any:
+    async def poll() -> Any:
+        while (record := pipeline.get(name)).state not in states:
+            await asyncio.sleep(0.1)
+        return record
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def _close(pipeline: Any) -> None:
+    await pipeline.close()
+    if pipeline._train_lock.locked():  # noqa: SLF001
+        pipeline._train_lock.release()  # noqa: SLF001
+
+
+async def test_disk_full_while_publishing_fails_the_job_cleanly(
+    tmp_path, model_path, reference_backend, fault_bank, monkeypatch
+):
+    pipeline = await _parked_pipeline(tmp_path, model_path, reference_backend, fault_bank)
+    try:
+        await pipeline.register("keep", as_dicts(FRANCE))
+        await _until(pipeline, "keep", {State.TRAINING})
+        keep_files = tree_snapshot(pipeline.store.sets_dir / "keep")
+        assert pipeline.store.current_version("keep", "detector") == 1
+        keep_score = fault_bank.score(["What is the capital of France?"])[0]["keep"]
+
+        real_fsync_tree = store_module.fsync_tree
+
+        def disk_full(path: Path) -> None:
+            if Path(path).name.startswith("full-"):  # only the new set's staging folder
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            real_fsync_tree(path)
+
+        monkeypatch.setattr(store_module, "fsync_tree", disk_full)
+        await pipeline.register("full", as_dicts(UNRELATED))
+        failed = await _until(pipeline, "full", {State.FAILED})
+
+        assert "No space left on device" in failed.error
+        assert "full" not in fault_bank.names()  # never enforced from a half-written state
+        assert pipeline.store.versions("full", "detector") == []
+        assert pipeline.store.current("full", "detector") is None
+        assert list(pipeline.store.staging_dir.iterdir()) == []  # staging cleaned up
+        # The earlier set is untouched: same files, still in the bank, same scores, same state.
+        assert tree_snapshot(pipeline.store.sets_dir / "keep") == keep_files
+        assert pipeline.get("keep").state is State.TRAINING
+        assert fault_bank.score(["What is the capital of France?"])[0]["keep"] == pytest.approx(keep_score)
+    finally:
+        await _close(pipeline)
+
+
+async def test_artifact_root_under_a_file_is_a_clear_error(tmp_path, model_path, reference_backend):
+    """An artifact directory that cannot be created (a path below a regular file; chmod does
+    not stop root) fails at construction with the path in the message, before serving."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file")
+    with pytest.raises(OSError) as err:
+        make_pipeline(blocker / "artifacts", model_path, reference_backend, None)
+    assert "not-a-dir" in str(err.value)
+
+
+def _make_live(pipeline: Any, name: str, adapter: Path) -> None:
+    """Advance a parked set to LIVE with a given adapter, through the real store and registry
+    (what a finished training would have published)."""
+    registry = pipeline.registry
+    registry.transition(name, State.PUBLISHING)
+    published = pipeline.store.publish(name, "adapter", adapter, {"set": name})
+    registry.update_set(name, adapter_version=published.version)
+    registry.transition(name, State.LOADING)
+    registry.transition(name, State.LIVE, fraction=1.0)
+
+
+async def test_corrupted_artifacts_at_start_quarantine_only_that_set(
+    tmp_path, model_path, reference_backend, lora_adapters, fault_bank, detector_extractor
+):
+    from oblivio.detector import DetectorBank
+
+    first = await _parked_pipeline(tmp_path, model_path, reference_backend, fault_bank)
+    try:
+        await first.register("keep", as_dicts(FRANCE))
+        await first.register("broken", as_dicts(UNRELATED))
+        await _until(first, "keep", {State.TRAINING})
+        await _until(first, "broken", {State.TRAINING})
+    finally:
+        await _close(first)
+    first.registry = type(first.registry)(tmp_path / "registry.db")  # closed above; reopen
+    _make_live(first, "keep", lora_adapters["alpha"])
+    _make_live(first, "broken", lora_adapters["beta"])
+    first.registry.close()
+    # Corrupt one set's adapter weights AND detector state on disk.
+    broken_adapter = first.store.current("broken", "adapter")
+    (broken_adapter / "adapter_model.safetensors").write_bytes(b"\x00garbage, not safetensors")
+    for path in first.store.current("broken", "detector").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"corrupt")
+
+    bank = DetectorBank(detector_extractor)
+    second = make_pipeline(tmp_path, model_path, reference_backend, bank)
+    try:
+        await second.start()  # must not raise: one bad set may not take the gateway down
+        broken = second.get("broken")
+        assert broken.state is State.FAILED and "quarantined" in broken.error, broken
+        assert "broken" not in bank.names() and "broken" not in reference_backend.list_adapters()
+        keep = second.get("keep")
+        assert keep.state is State.LIVE
+        assert "keep" in bank.names() and "keep" in reference_backend.list_adapters()
+        scores = bank.score(["What is the capital of France?"])[0]
+        assert set(scores) == {"keep"} and 0.0 <= scores["keep"] <= 1.0
+    finally:
+        for name in ("keep", "broken"):
+            await second.delete(name)
+        await second.close()
+    assert "keep" not in reference_backend.list_adapters()
+
+
+async def test_backend_failure_is_unavailable_then_recovers(serving_gateway, grpc_channel, reference_backend, monkeypatch):
+    """An engine that dies mid-forward (injected: the model's forward raises) gives clients
+    UNAVAILABLE / HTTP 503 with a readable message; once it works again, so does the gateway."""
+    import httpx
+
+    stub = oblivio_pb2_grpc.ChatStub(grpc_channel)
+    request = user_request("What is the capital of France?", max_tokens=6)
+    before = await stub.Complete(request, timeout=120)
+
+    model = reference_backend._model  # noqa: SLF001 - the engine we break on purpose
+
+    def dead_engine(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: device lost (injected)")
+
+    monkeypatch.setattr(model, "forward", dead_engine)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Complete(request, timeout=120)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "device lost" in err.value.details()
+    async with httpx.AsyncClient(base_url=serving_gateway.http_url, timeout=120) as http:
+        response = await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "backend_unavailable"
+
+    monkeypatch.undo()
+    after = await stub.Complete(request, timeout=120)
+    assert after.text == before.text  # greedy: recovered to exactly the same behaviour
