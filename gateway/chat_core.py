@@ -157,18 +157,18 @@ class ChatSession:
         application = AdapterApplication(adapters=tuple(self.outcome.decision.adapters))
         try:
             stream = self._backend.generate(self.prompt_token_ids, self.sampling, application, self.request_id)
+            async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    self.completion_tokens = max(
+                        self.completion_tokens + len(chunk.token_ids), chunk.completion_tokens
+                    )
+                    if chunk.finish_reason is not None:
+                        self.finish_reason = chunk.finish_reason
+                    yield chunk
         except AdapterNotFoundError as exc:
             # The gate saw the adapter live a moment ago; it was unloaded since (deletion race).
             # That is the server's transient state, not the client's mistake: retryable.
             raise BackendError(f"adapter {exc} was unloaded while the request started; retry") from exc
-        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
-            async for chunk in chunks:
-                self.completion_tokens = max(
-                    self.completion_tokens + len(chunk.token_ids), chunk.completion_tokens
-                )
-                if chunk.finish_reason is not None:
-                    self.finish_reason = chunk.finish_reason
-                yield chunk
 
 
 @dataclass(frozen=True)
