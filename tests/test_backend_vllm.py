@@ -63,6 +63,9 @@ def test_factory_picks_the_configured_backend(tmp_path, model_path):
     vllm = build_backend(load_config(overrides={"engine.backend": "vllm", "engine.max_lora_rank": 16}, environ=env))
     assert isinstance(vllm, VLLMBackend) and isinstance(vllm, GenerationBackend)
     assert vllm.engine_config.max_lora_rank == 16 and vllm.scale_grid == (0.25, 0.5, 0.75, 1.0)
+    for bad_grid in ((), (0.0, 1.0), (float("nan"),)):
+        with pytest.raises(ValueError, match="scale_grid"):
+            VLLMBackend(model_path, vllm.engine_config, bad_grid, tmp_path)
 
 
 async def test_unstarted_or_closed_backend_reports_itself(tmp_path, model_path):

@@ -98,8 +98,8 @@ class VLLMBackend:
         max_model_len: int = 2048,
         engine_overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        if not scale_grid:
-            raise ValueError("scale_grid must hold at least one scale")
+        if not scale_grid or any(not (0 < s < float("inf")) for s in scale_grid):
+            raise ValueError(f"scale_grid must hold one or more finite scales > 0, got {scale_grid!r}")
         self.model_path = Path(model_path)
         self.engine_config = engine
         self.scale_grid = tuple(sorted(float(s) for s in scale_grid))
