@@ -16,6 +16,13 @@ Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -
   into the bank, adapter into the backend) and unfinished jobs continue from their last step
   (training from its last checkpoint). Artifacts are published through the atomic
   ``ArtifactStore``, so a crash never leaves a half-written version visible.
+* **Replicas.** Gateways scale horizontally over ONE shared artifact directory (store + SQLite
+  registry). The replica that accepted a registration runs its job; every other replica polls
+  the registry every ``sync_interval`` seconds (:meth:`sync_from_registry`) and loads what was
+  published elsewhere: a new detector version enters its bank (so its gate refuses matched
+  prompts at once), a new adapter version is loaded into its backend once the set is LIVE, and
+  a set deleted elsewhere is dropped. Propagation delay is therefore at most one interval.
+  Jobs are not shared: an unfinished job resumes on whichever replica restarts first.
 * **Observable.** Every state change and training step is an event; ``watch()`` is an async
   subscription that starts with the current snapshot (used by WatchRegistration).
 """
@@ -42,6 +49,7 @@ from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 10_000
+REPLICA_SYNC_S = 5.0  # how often a gateway picks up registrations made by other replicas
 MAX_DESCRIPTION = 2_000
 MAX_SUBJECTS = 64
 FRACTION = {
@@ -105,6 +113,7 @@ class RegistrationPipeline:
         threads: int = 1,
         nice: int = 10,
         max_attempts: int = 3,
+        sync_interval: float | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.root = Path(root)
@@ -125,6 +134,11 @@ class RegistrationPipeline:
         self._train_lock = asyncio.Lock()
         self._started = False
         self._closed = False
+        self.sync_interval = sync_interval
+        self._sync_task: asyncio.Task[None] | None = None
+        self._sync_lock = asyncio.Lock()
+        # name -> (detector version, adapter version) this process has loaded (0 = none)
+        self._loaded: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def from_runtime(cls, runtime: Any, **overrides: Any) -> "RegistrationPipeline":
@@ -137,6 +151,7 @@ class RegistrationPipeline:
             policy_store=runtime.policy_store,
             detector=runtime.detector,
             threads=config.training.threads,
+            sync_interval=REPLICA_SYNC_S,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -164,11 +179,13 @@ class RegistrationPipeline:
                 log.info("resuming registration of %r from %s", record.name, record.state.value)
                 self._spawn(record.name)
         self._sync_policy_sets()
+        if self.sync_interval:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop(), name="registry-sync")
 
     async def close(self) -> None:
         """Stop jobs (they resume on the next start) and the registry."""
         self._closed = True
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks.values()) + ([self._sync_task] if self._sync_task is not None else [])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -180,6 +197,7 @@ class RegistrationPipeline:
         if detector_dir is not None and self.detector is not None:
             scorer = await asyncio.to_thread(self.detector.load, detector_dir)
             self.detector.bank.add(record.name, scorer)
+            self._note_loaded(record.name, detector=self.store.current_version(record.name, "detector"))
         if record.state is State.LIVE:
             adapter_dir = self.store.current(record.name, "adapter")
             if adapter_dir is None:
@@ -195,6 +213,7 @@ class RegistrationPipeline:
         the error (ListForgetSets / GetForgetSet) and can delete and register it again.
         """
         log.exception("quarantining forget set %r: its artifacts failed to load", record.name)
+        self._loaded.pop(record.name, None)
         if self.detector is not None and record.name in self.detector.bank.names():
             self.detector.bank.remove(record.name)
         if record.name in self.backend.list_adapters():
@@ -317,8 +336,73 @@ class RegistrationPipeline:
         record = self.registry.get(name)
         self.registry.transition(name, State.DELETING, message="deleting")
         self._emit(name, record.job_id, State.DELETING, 0.0, "deleting")
-        await self._finish_delete(name)
+        async with self._sync_lock:
+            self._loaded.pop(name, None)
+            await self._finish_delete(name)
         return State.DELETING
+
+    # ---- replicas ---------------------------------------------------------------------------
+    def _note_loaded(self, name: str, *, detector: int | None = None, adapter: int | None = None) -> None:
+        old_detector, old_adapter = self._loaded.get(name, (0, 0))
+        self._loaded[name] = (old_detector if detector is None else detector, old_adapter if adapter is None else adapter)
+
+    async def _sync_loop(self) -> None:
+        assert self.sync_interval
+        while not self._closed:
+            await asyncio.sleep(self.sync_interval)
+            try:
+                await self.sync_from_registry()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed poll is retried on the next tick
+                log.exception("syncing registrations from the shared registry failed")
+
+    async def sync_from_registry(self) -> list[str]:
+        """Load what other replicas published to the shared store; drop what they deleted.
+
+        Sets with a job running in THIS process are left to that job. FAILED sets are not
+        loaded (their artifacts may be what failed). Returns the names that changed here.
+        """
+        changed: list[str] = []
+        async with self._sync_lock:
+            records = {r.name: r for r in self.registry.list()}
+            for name in [n for n in self._loaded if n not in records and n not in self._tasks]:
+                await self._drop_local(name)
+                changed.append(name)
+            for name, record in records.items():
+                if name in self._tasks or record.state in (State.FAILED, State.DELETING, State.VALIDATING):
+                    continue
+                have_detector, have_adapter = self._loaded.get(name, (0, 0))
+                detector_version = self.store.current_version(name, "detector")
+                adapter_version = self.store.current_version(name, "adapter") if record.state is State.LIVE else 0
+                if detector_version == have_detector and adapter_version in (have_adapter, 0):
+                    continue
+                if self.detector is not None and detector_version and detector_version != have_detector:
+                    scorer = await asyncio.to_thread(self.detector.load, self.store.path_of(name, "detector", detector_version))
+                    if name in self.detector.bank.names():
+                        self.detector.bank.remove(name)
+                    self.detector.bank.add(name, scorer)
+                self._note_loaded(name, detector=detector_version)
+                self.policy_store.register_set(name)
+                if adapter_version and adapter_version != have_adapter:
+                    await self._load_adapter(name, self.store.path_of(name, "adapter", adapter_version))
+                log.info("picked up forget set %r from the shared registry (detector v%d, adapter v%d)",
+                         name, detector_version, adapter_version)
+                changed.append(name)
+        return changed
+
+    async def _drop_local(self, name: str) -> None:
+        """Unload a set another replica deleted (its files and registry row are already gone)."""
+        self._loaded.pop(name, None)
+        if self.detector is not None and name in self.detector.bank.names():
+            self.detector.bank.remove(name)
+        if name in self.backend.list_adapters():
+            await self.backend.remove_adapter(name)
+        try:
+            self.policy_store.forget(name)
+        except KeyError:
+            pass
+        log.info("dropped forget set %r: deleted by another replica", name)
 
     # ---- internals: events ------------------------------------------------------------------
     def _emit(self, name: str, job_id: str, state: State, fraction: float, message: str, terminal: bool | None = None) -> None:
@@ -415,6 +499,7 @@ class RegistrationPipeline:
             published = await asyncio.to_thread(self.store.publish, name, "detector", scorer.save)
         self.registry.update_set(name, detector_version=published.version)
         self.detector.bank.add(name, scorer)
+        self._note_loaded(name, detector=published.version)
         self.policy_store.register_set(name)
         self._advance(name, State.ENFORCING, "detector live: matched prompts are refused until the adapter is live")
 
@@ -524,6 +609,7 @@ class RegistrationPipeline:
         if name in self.backend.list_adapters():
             await self.backend.remove_adapter(name)
         await self.backend.add_adapter(name, path)
+        self._note_loaded(name, adapter=int(path.name[1:]) if path.name.startswith("v") and path.name[1:].isdigit() else -1)
 
     async def _finish_delete(self, name: str) -> None:
         """Idempotent teardown (also run at start-up for a deletion a crash interrupted)."""

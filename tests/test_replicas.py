@@ -1,0 +1,100 @@
+"""Propagation across replicas sharing ONE artifact directory (store + SQLite registry).
+
+Two pipelines stand for two gateway replicas: each has its own detector bank, its own backend
+(the shared reference backend for replica A, a second ReferenceBackend for B) and its own policy
+store object over the shared directory; only the disk is shared. A registration accepted by A
+must become visible AND enforced on B by B's registry poll alone: first the detector (B's gate
+refuses matched prompts), then the adapter once the set is LIVE, and a deletion on A must
+unload the set on B. Training is skipped by parking A's trainer queue (see test_faults.py) and
+publishing a ready adapter through the real store, which is what a finished training does.
+
+Why not two processes: each would load its own model, detector extractor and backend (about a
+minute and 2 GB on this CI machine); the mechanism under test (the registry poll) is the same
+code either way, and nothing but the artifact directory is shared between A and B here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fixtures_registration import FRANCE, as_dicts, make_pipeline
+from oblivio.adapters.registry import State
+from oblivio.gateway.chat_core import ChatCore, Message
+
+pytestmark = pytest.mark.slow
+SYNC_S = 0.2
+QUESTION = [Message("user", "What is the capital of France?")]
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 60) -> float:
+    started = time.perf_counter()
+    while not check():
+        if time.perf_counter() - started > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+async def test_registration_on_one_replica_is_enforced_on_the_other(
+    tmp_path, model_path, reference_backend, lora_adapters, detector_extractor
+):
+    from transformers import AutoTokenizer
+
+    from oblivio.detector import DetectorBank
+    from oblivio.gateway.backends.reference import ReferenceBackend
+
+    bank_a, bank_b = DetectorBank(detector_extractor), DetectorBank(detector_extractor)
+    backend_b = ReferenceBackend(model_path, max_model_len=2048)
+    await backend_b.start()
+    replica_a = make_pipeline(tmp_path, model_path, reference_backend, bank_a)
+    replica_b = make_pipeline(tmp_path, model_path, backend_b, bank_b)
+    replica_b.sync_interval = SYNC_S
+    await replica_a._train_lock.acquire()  # noqa: SLF001 - park A's job before training
+    await replica_a.start()
+    await replica_b.start()
+    chat_b = ChatCore(tokenizer=AutoTokenizer.from_pretrained(model_path), backend=backend_b,
+                      policy_store=replica_b.policy_store, detector=bank_b)
+    try:
+        assert (await chat_b.evaluate(QUESTION)).decision.label == "base"
+
+        await replica_a.register("replica-france", as_dicts(FRANCE))
+        detector_delay = await _eventually(lambda: "replica-france" in bank_b.names())
+        # B enforces it: the adapter is not live anywhere yet, so a matched prompt is refused.
+        outcome = await chat_b.evaluate(QUESTION)
+        assert outcome.decision.refuse, outcome.decision
+        assert replica_b.get("replica-france").state is State.TRAINING
+
+        # A's training "finishes": the adapter is published and the set goes LIVE.
+        await replica_a.close()
+        replica_a._train_lock.release()  # noqa: SLF001
+        replica_a = make_pipeline(tmp_path, model_path, reference_backend, bank_a)
+        registry = replica_a.registry
+        registry.transition("replica-france", State.PUBLISHING)
+        published = replica_a.store.publish("replica-france", "adapter", lora_adapters["alpha"], {"set": "replica-france"})
+        registry.update_set("replica-france", adapter_version=published.version)
+        registry.transition("replica-france", State.LOADING)
+        registry.transition("replica-france", State.LIVE, fraction=1.0)
+        adapter_delay = await _eventually(lambda: "replica-france" in backend_b.list_adapters())
+        outcome = await chat_b.evaluate(QUESTION)
+        assert not outcome.decision.refuse and [n for n, _ in outcome.decision.adapters] == ["replica-france"]
+
+        # A deletes it: B unloads it.
+        await replica_a.start()
+        await replica_a.delete("replica-france")
+        delete_delay = await _eventually(lambda: "replica-france" not in bank_b.names()
+                                         and "replica-france" not in backend_b.list_adapters())
+        assert (await chat_b.evaluate(QUESTION)).decision.label == "base"
+        print(f"propagation delays (poll {SYNC_S}s): detector {detector_delay:.2f}s, "
+              f"adapter {adapter_delay:.2f}s, delete {delete_delay:.2f}s")
+    finally:
+        chat_b.close()
+        await replica_b.close()
+        await replica_a.close()
+        if "replica-france" in reference_backend.list_adapters():
+            await reference_backend.remove_adapter("replica-france")
+        await backend_b.close()
