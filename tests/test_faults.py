@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from oblivio.v1 import oblivio_pb2_grpc
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fault_bank(detector_extractor: Any) -> Any:
     """A private, empty detector bank (the shared ones must not see these test sets)."""
     from oblivio.detector import DetectorBank
@@ -44,7 +45,7 @@ async def _parked_pipeline(root: Path, model_path: Path, backend: Any, bank: Any
     return pipeline
 
 
-async def _until(pipeline: Any, name: str, states: set[State], timeout: float = 120) -> Any:
+async def _until(pipeline: Any, name: str, states: set[State], timeout: float = 300) -> Any:
     async def poll() -> Any:
         while (record := pipeline.get(name)).state not in states:
             await asyncio.sleep(0.1)
@@ -59,17 +60,32 @@ async def _close(pipeline: Any) -> None:
         pipeline._train_lock.release()  # noqa: SLF001
 
 
-async def test_disk_full_while_publishing_fails_the_job_cleanly(
-    tmp_path, model_path, reference_backend, fault_bank, monkeypatch
-):
-    pipeline = await _parked_pipeline(tmp_path, model_path, reference_backend, fault_bank)
+@dataclass
+class DiskFullScenario:
+    root: Path
+    pipeline: Any
+    failed: Any
+    keep_files_before: dict[str, str]
+    keep_files_after: dict[str, str]
+    keep_score_before: float
+    keep_score_after: float
+    staging_after: list[Path]
+
+
+@pytest.fixture(scope="module")
+async def disk_full(tmp_path_factory, model_path, reference_backend, fault_bank) -> DiskFullScenario:
+    """Two sets parked in TRAINING ("keep", "broken"), then a third ("full") registered while
+    the disk is full (ENOSPC injected where the store fsyncs the new set's staging folder).
+    Shared by the disk-full test and the corrupted-start test (three detector fits, not five)."""
+    root = tmp_path_factory.mktemp("faults")
+    pipeline = await _parked_pipeline(root, model_path, reference_backend, fault_bank)
     try:
         await pipeline.register("keep", as_dicts(FRANCE))
+        await pipeline.register("broken", as_dicts(UNRELATED))
         await _until(pipeline, "keep", {State.TRAINING})
+        await _until(pipeline, "broken", {State.TRAINING})
         keep_files = tree_snapshot(pipeline.store.sets_dir / "keep")
-        assert pipeline.store.current_version("keep", "detector") == 1
         keep_score = fault_bank.score(["What is the capital of France?"])[0]["keep"]
-
         real_fsync_tree = store_module.fsync_tree
 
         def disk_full(path: Path) -> None:
@@ -77,21 +93,34 @@ async def test_disk_full_while_publishing_fails_the_job_cleanly(
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             real_fsync_tree(path)
 
-        monkeypatch.setattr(store_module, "fsync_tree", disk_full)
-        await pipeline.register("full", as_dicts(UNRELATED))
-        failed = await _until(pipeline, "full", {State.FAILED})
-
-        assert "No space left on device" in failed.error
-        assert "full" not in fault_bank.names()  # never enforced from a half-written state
-        assert pipeline.store.versions("full", "detector") == []
-        assert pipeline.store.current("full", "detector") is None
-        assert list(pipeline.store.staging_dir.iterdir()) == []  # staging cleaned up
-        # The earlier set is untouched: same files, still in the bank, same scores, same state.
-        assert tree_snapshot(pipeline.store.sets_dir / "keep") == keep_files
-        assert pipeline.get("keep").state is State.TRAINING
-        assert fault_bank.score(["What is the capital of France?"])[0]["keep"] == pytest.approx(keep_score)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store_module, "fsync_tree", disk_full)
+            await pipeline.register("full", [{"text": "Bananas are yellow fruit."}, {"text": "Apples grow on trees."}])
+            failed = await _until(pipeline, "full", {State.FAILED})
+        return DiskFullScenario(
+            root=root, pipeline=pipeline, failed=failed,
+            keep_files_before=keep_files, keep_files_after=tree_snapshot(pipeline.store.sets_dir / "keep"),
+            keep_score_before=keep_score,
+            keep_score_after=fault_bank.score(["What is the capital of France?"])[0]["keep"],
+            staging_after=list(pipeline.store.staging_dir.iterdir()),
+        )
     finally:
         await _close(pipeline)
+
+
+async def test_disk_full_while_publishing_fails_the_job_cleanly(disk_full, fault_bank):
+    store, registry = disk_full.pipeline.store, type(disk_full.pipeline.registry)(disk_full.root / "registry.db")
+    try:
+        assert "No space left on device" in disk_full.failed.error
+        assert "full" not in fault_bank.names()  # never enforced from a half-written state
+        assert store.versions("full", "detector") == [] and store.current("full", "detector") is None
+        assert disk_full.staging_after == []  # staging cleaned up
+        # The earlier set is untouched: same files, same scores, still parked in TRAINING.
+        assert disk_full.keep_files_after == disk_full.keep_files_before
+        assert disk_full.keep_score_after == pytest.approx(disk_full.keep_score_before)
+        assert registry.get("keep").state is State.TRAINING
+    finally:
+        registry.close()
 
 
 async def test_artifact_root_under_a_file_is_a_clear_error(tmp_path, model_path, reference_backend):
@@ -116,19 +145,11 @@ def _make_live(pipeline: Any, name: str, adapter: Path) -> None:
 
 
 async def test_corrupted_artifacts_at_start_quarantine_only_that_set(
-    tmp_path, model_path, reference_backend, lora_adapters, fault_bank, detector_extractor
+    disk_full, model_path, reference_backend, lora_adapters, detector_extractor
 ):
     from oblivio.detector import DetectorBank
 
-    first = await _parked_pipeline(tmp_path, model_path, reference_backend, fault_bank)
-    try:
-        await first.register("keep", as_dicts(FRANCE))
-        await first.register("broken", as_dicts(UNRELATED))
-        await _until(first, "keep", {State.TRAINING})
-        await _until(first, "broken", {State.TRAINING})
-    finally:
-        await _close(first)
-    first.registry = type(first.registry)(tmp_path / "registry.db")  # closed above; reopen
+    first = make_pipeline(disk_full.root, model_path, reference_backend, None)  # not started
     _make_live(first, "keep", lora_adapters["alpha"])
     _make_live(first, "broken", lora_adapters["beta"])
     first.registry.close()
@@ -140,7 +161,7 @@ async def test_corrupted_artifacts_at_start_quarantine_only_that_set(
             path.write_bytes(b"corrupt")
 
     bank = DetectorBank(detector_extractor)
-    second = make_pipeline(tmp_path, model_path, reference_backend, bank)
+    second = make_pipeline(disk_full.root, model_path, reference_backend, bank)
     try:
         await second.start()  # must not raise: one bad set may not take the gateway down
         broken = second.get("broken")
@@ -152,8 +173,8 @@ async def test_corrupted_artifacts_at_start_quarantine_only_that_set(
         scores = bank.score(["What is the capital of France?"])[0]
         assert set(scores) == {"keep"} and 0.0 <= scores["keep"] <= 1.0
     finally:
-        for name in ("keep", "broken"):
-            await second.delete(name)
+        for record in second.list():
+            await second.delete(record.name)
         await second.close()
     assert "keep" not in reference_backend.list_adapters()
 
