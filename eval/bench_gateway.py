@@ -80,6 +80,7 @@ class Row:
     p50_ttft_s: float
     tokens_per_s: float
     wall_s: float
+    gate_ms: float = float("nan")  # detector + gate inside the gateway, mean per request
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -251,6 +252,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         return Sample(time.perf_counter() - t0, ttft or 0.0, tokens)
 
     paths = {"direct": direct, "grpc": via_grpc, "http": via_http}
+    registry = gateway.runtime.metrics.registry
+
+    def gate_totals() -> tuple[float, float]:
+        return (
+            registry.get_sample_value("oblivio_gate_latency_seconds_sum") or 0.0,
+            registry.get_sample_value("oblivio_gate_latency_seconds_count") or 0.0,
+        )
+
     rows: list[Row] = []
     try:
         for name, call in paths.items():  # warm-up: LoRA variant creation, first-request costs
@@ -260,15 +269,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             blocks = max(1, min(args.blocks, -(-args.min_requests // concurrency)))
             rounds = max(args.rounds, -(-args.min_requests // (concurrency * blocks)))
             collected: dict[str, tuple[list[Sample], float]] = {name: ([], 0.0) for name in paths}
+            gate_time = {name: [0.0, 0.0] for name in paths}  # seconds, requests
             # Paths alternate block by block, so load from anything else on the machine
             # drifts over all of them alike instead of biasing whichever ran last.
             for _ in range(blocks):
                 for name, call in paths.items():
+                    before = gate_totals()
                     samples, wall = await run_block(call, concurrency, rounds)
+                    after = gate_totals()
+                    gate_time[name][0] += after[0] - before[0]
+                    gate_time[name][1] += after[1] - before[1]
                     collected[name][0].extend(samples)
                     collected[name] = (collected[name][0], collected[name][1] + wall)
             for name, (samples, wall) in collected.items():
                 row = summarise(name, concurrency, samples, wall)
+                seconds, count = gate_time[name]
+                row.gate_ms = 1000 * seconds / count if count else float("nan")
                 LOG.info("%s", row)
                 rows.append(row)
     finally:
@@ -276,7 +292,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await channel.close()
         await gateway.stop(grace=5)
         await backend.close()
-    registry = gateway.runtime.metrics.registry
     gate_count = registry.get_sample_value("oblivio_gate_latency_seconds_count") or 0.0
     gate_sum = registry.get_sample_value("oblivio_gate_latency_seconds_sum") or 0.0
     return {
@@ -320,8 +335,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"machine load average at the end: {', '.join(f'{x:.1f}' for x in result['load_average'])}",
         "- Command: `python -m oblivio.eval.bench_gateway` (see the module docstring)",
         "",
-        "| path | streams | requests | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | tokens/s | p50 overhead vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | streams | requests | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | tokens/s | "
+        "detector+gate mean (ms) | p50 overhead vs direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         base = direct.get(r["concurrency"])
@@ -330,7 +346,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {r['path']} | {r['concurrency']} | {r['requests']} | {r['p50_s']:.3f} | {r['p99_s']:.3f} | "
-            f"{r['p50_ttft_s']:.3f} | {r['tokens_per_s']:.1f} | {overhead} |"
+            f"{r['p50_ttft_s']:.3f} | {r['tokens_per_s']:.1f} | "
+            f"{'-' if r['path'] == 'direct' else format(r.get('gate_ms', float('nan')), '.0f')} | {overhead} |"
         )
     return "\n".join(lines) + "\n"
 
