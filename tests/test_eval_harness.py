@@ -34,3 +34,25 @@ def test_cached_finetune_builds_a_loadable_model_once(model_path: Path, tmp_path
     again = cached_finetune(model_path, dataset, [0], tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
     assert again == built and progress == [1, 2], "a second call must reuse the cached model"
     assert cache_key(model_path, dataset, [1], settings) not in built.name, "other people, other model"
+
+
+def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None:
+    from oblivio.eval.continual import GATE_CONFIGS
+    from oblivio.gateway.config import GateConfig
+    from oblivio.gateway.policy_store import PolicyStore
+
+    store = PolicyStore(tmp_path, GateConfig())
+    for name, changes in GATE_CONFIGS.items():
+        policy = store.update(None, changes)
+        assert policy.default.threshold == changes["threshold"], name
+
+
+def test_registration_stream_sends_header_then_bounded_chunks() -> None:
+    from oblivio.eval.server_client import REGISTRATION_CHUNK, _register_stream
+
+    pairs = [(f"q{i}?", f"a{i}.") for i in range(REGISTRATION_CHUNK * 2 + 1)]
+    messages = list(_register_stream("request-1", pairs, ["Elena Marwick"], "test"))
+    assert messages[0].WhichOneof("item") == "header" and list(messages[0].header.subjects) == ["Elena Marwick"]
+    chunks = [m.chunk.examples for m in messages[1:]]
+    assert [len(c) for c in chunks] == [REGISTRATION_CHUNK, REGISTRATION_CHUNK, 1]
+    assert chunks[2][0].qa.question == pairs[-1][0]
