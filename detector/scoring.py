@@ -13,6 +13,9 @@ Per layer ``l`` and set ``s`` the raw score vector of a prompt holds:
   and "capital of Germany" differ; contrastive, so template words shared with any question
   about anybody cancel out and only what is specific to the forget set (names, facts) counts.
 * ``contrast_top3``: mean of the three largest token contrasts (robust to one lucky token).
+* ``contrast_pair``: max over adjacent token pairs of the smaller of the two contrasts: a name
+  split into sub-words ("Mar" "wick") must match in sequence, so another person who shares one
+  sub-word ("Mar" "ley") or only the first name does not score as a match.
 * ``forget_max``: max cosine to the forget tokens (O3's local 1-NN term, token level).
 * ``global_lda``: Mahalanobis distance of the pooled prompt to the background mean minus that
   to the forget mean, under one shrinkage (Ledoit-Wolf) covariance.
@@ -38,7 +41,7 @@ def sims(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     busy machine, oversubscribes it: measured 20x slower than one thread for these shapes."""
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b).T).numpy()
 
-FEATURES_PER_LAYER = ("contrast_max", "contrast_top3", "forget_max", "global_lda", "global_oneclass")
+FEATURES_PER_LAYER = ("contrast_max", "contrast_top3", "contrast_pair", "forget_max", "global_lda", "global_oneclass")
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,14 @@ class StackedBanks:
             base = li * nf
             out[:, :, base + 0] = np.maximum.reduceat(contrast, row_starts, axis=0)
             out[:, :, base + 1] = _topk_mean_per_prompt(contrast, q.offsets, 3)
-            out[:, :, base + 2] = np.maximum.reduceat(fmax, row_starts, axis=0)
+            out[:, :, base + 2] = _pair_max_per_prompt(contrast, q.offsets)
+            out[:, :, base + 3] = np.maximum.reduceat(fmax, row_starts, axis=0)
             pooled = q.pooled[l].astype(np.float64)
             d = pooled.shape[1]
             df = _mahalanobis_sq(pooled, self._mu_f[l], self._prec[l]) / d  # (P, S)
             db = _mahalanobis_sq(pooled, self._mu_b[l], self._prec[l]) / d
-            out[:, :, base + 3] = db - df
-            out[:, :, base + 4] = -df
+            out[:, :, base + 4] = db - df
+            out[:, :, base + 5] = -df
         return out
 
 
@@ -117,6 +121,17 @@ def _topk_mean_per_prompt(values: np.ndarray, offsets: np.ndarray, k: int) -> np
         block = values[offsets[i] : offsets[i + 1]]
         kk = min(k, block.shape[0])
         out[i] = np.sort(block, axis=0)[-kk:].mean(axis=0)
+    return out
+
+
+def _pair_max_per_prompt(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per prompt: max over adjacent token pairs of min(value_t, value_t+1) (one token: itself).
+    Pairs never span two prompts."""
+    pair = np.minimum(values[:-1], values[1:]) if len(values) > 1 else values[:0]
+    out = np.empty((len(offsets) - 1, values.shape[1]))
+    for i in range(len(offsets) - 1):
+        a, b = offsets[i], offsets[i + 1]
+        out[i] = values[a] if b - a == 1 else pair[a : b - 1].max(axis=0)
     return out
 
 
