@@ -36,18 +36,11 @@ def tiny_training(steps: int = 6, **overrides: Any) -> TrainingSettings:
 
 
 @pytest.fixture(scope="session")
-def registration_detector_bank(model_path: Path) -> Any:
-    """A real, empty DetectorBank over the base model (skips until the detector package exists)."""
-    detector = pytest.importorskip("oblivio.detector")
-    if not hasattr(detector, "fit_forget_set"):
-        pytest.skip("oblivio.detector.fit_forget_set is not available yet")
-    from oblivio.gateway.config import DetectorConfig
+def registration_detector_bank(detector_extractor: Any) -> Any:
+    """A real, empty DetectorBank over the detector area's shared feature extractor."""
+    from oblivio.detector import DetectorBank
 
-    defaults = DetectorConfig()
-    extractor = detector.FeatureExtractor.from_pretrained(
-        model_path, layers=tuple(defaults.layers), max_prompt_tokens=defaults.max_prompt_tokens
-    )
-    return detector.DetectorBank(extractor)
+    return DetectorBank(detector_extractor)
 
 
 def make_pipeline(

@@ -143,8 +143,9 @@ _RUN_UNTIL_KILLED = textwrap.dedent(
         backend = ReferenceBackend(model)
         await backend.start()
         cfg = DetectorConfig()
-        bank = DetectorBank(FeatureExtractor.from_pretrained(model, layers=cfg.layers, max_prompt_tokens=cfg.max_prompt_tokens))
-        pipe = make_pipeline(Path(sys.argv[1]), model, backend, bank, training=tiny_training(steps=10))
+        bank = DetectorBank(FeatureExtractor.from_pretrained(
+            model, layers=cfg.layers, max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads))
+        pipe = make_pipeline(Path(sys.argv[1]), model, backend, bank, training=tiny_training(steps=6))
         await pipe.start()
         await pipe.register("resumable", FRANCE)
         async for event in pipe.watch("resumable"):
@@ -168,9 +169,9 @@ async def test_killed_during_training_resumes_after_restart(
     try:
         for line in proc.stdout:
             seen.append(line.strip())
-            if line.startswith("TRAINING training step 5/"):  # a checkpoint exists after step 4
+            if line.startswith("TRAINING training step 3/"):  # a checkpoint exists after step 2
                 break
-        assert seen and seen[-1].startswith("TRAINING training step 5/"), seen
+        assert seen and seen[-1].startswith("TRAINING training step 3/"), seen
         proc.send_signal(signal.SIGKILL)  # the server process dies; its trainer dies with it
         proc.wait(timeout=30)
     finally:
@@ -179,15 +180,16 @@ async def test_killed_during_training_resumes_after_restart(
     await asyncio.sleep(1.0)  # let the orphaned-parent signal reach the trainer
 
     # Restart: a fresh pipeline over the same folder, in this process.
-    pipe = make_pipeline(root, model_path, reference_backend, registration_detector_bank, training=tiny_training(steps=10))
+    pipe = make_pipeline(root, model_path, reference_backend, registration_detector_bank, training=tiny_training(steps=6))
     assert pipe.get("resumable").state is State.TRAINING
     await pipe.start()
     try:
         final = await pipe.wait("resumable", timeout=600)
         assert final.state is State.LIVE, final.error
         report = pipe.registry.job(final.job_id).report
-        assert report["resumed_from_step"] == 4 and report["steps"] == 10
-        assert len(report["losses"]) == 10
+        # Resumed from a checkpoint (every 2 steps; the trainer may finish one more before dying).
+        assert report["resumed_from_step"] in (2, 4) and report["steps"] == 6
+        assert len(report["losses"]) == 6
         assert pipe.store.versions("resumable", "adapter") == [1]
         assert pipe.store.versions("resumable", "detector") == [1]
         assert list(pipe.store.staging_dir.iterdir()) == []

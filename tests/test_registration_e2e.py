@@ -20,7 +20,6 @@ from fixtures_registration import FRANCE, tiny_training
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
-pytestmark = pytest.mark.slow
 PARAPHRASE = "Which city is the capital of France?"
 UNRELATED = "How do I bake sourdough bread at home?"
 WORKING = [
@@ -59,7 +58,9 @@ async def forget_gateway(model_path, reference_backend, registration_detector_ba
     from oblivio.gateway.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("forget_home"))
-    gateway = await Gateway.create(config, backend=reference_backend, detector=registration_detector_bank)
+    gateway = await Gateway.create(
+        config, backend=reference_backend, detector=registration_detector_bank, registration=False
+    )
     pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=tiny_training(steps=8))
     gateway.runtime.registration = pipeline
     await pipeline.start()
@@ -70,6 +71,7 @@ async def forget_gateway(model_path, reference_backend, registration_detector_ba
     await gateway.stop(grace=1)
 
 
+@pytest.mark.slow
 async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
     async with grpc.aio.insecure_channel(forget_gateway.grpc_target) as channel:
         chat = oblivio_pb2_grpc.ChatStub(channel)
@@ -159,6 +161,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_cli_register_watch_show_delete(forget_gateway, tmp_path) -> None:
     import json
 
@@ -188,3 +191,73 @@ async def test_cli_register_watch_show_delete(forget_gateway, tmp_path) -> None:
     assert code == 0 and "deleted bard" in out
     code, _, err = await _cli("show", "bard", "--address", target)
     assert code == 1 and "NOT_FOUND" in err
+
+
+# ---------- fast: request-stream parsing and CLI input, no server needed ---------------------
+
+
+async def _parse(*messages: pb.RegisterForgetSetRequest):
+    from oblivio.gateway.admin_forget import _read_registration
+
+    async def stream():
+        for message in messages:
+            yield message
+
+    return await _read_registration(stream())
+
+
+HEADER = pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(name="s", method=pb.TRAINING_METHOD_NPO))
+CHUNK = pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(examples=[
+    pb.Example(qa=pb.QAPair(question="q?", answer="a.")), pb.Example(text="plain text"),
+]))
+
+
+async def test_registration_stream_is_parsed_in_order() -> None:
+    header, examples = await _parse(HEADER, CHUNK, CHUNK)
+    assert header.name == "s" and examples[:2] == [{"question": "q?", "answer": "a."}, {"text": "plain text"}]
+    assert len(examples) == 4
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ((), "no forget set header"),
+        ((CHUNK, HEADER), "header before any examples"),
+        ((HEADER, HEADER), "exactly once"),
+        ((HEADER, pb.RegisterForgetSetRequest()), "empty RegisterForgetSetRequest"),
+        ((HEADER, pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(examples=[pb.Example()]))), "question/answer pair or a text"),
+    ],
+)
+async def test_malformed_registration_streams_are_invalid(messages, fragment) -> None:
+    from oblivio.gateway.admin_forget import status_for
+
+    with pytest.raises(ValueError, match=fragment) as info:
+        await _parse(*messages)
+    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_mapping() -> None:
+    from oblivio.adapters.registry import ForgetSetExistsError, UnknownForgetSetError
+    from oblivio.gateway.admin_forget import status_for
+
+    assert status_for(ForgetSetExistsError("x"))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert status_for(UnknownForgetSetError("no forget set named 'x'")) == (grpc.StatusCode.NOT_FOUND, "no forget set named 'x'")
+    assert status_for(RuntimeError("bug")) is None
+
+
+def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
+    from oblivio.gateway.cli_gate import CliInputError
+    from oblivio.gateway.cli_forget import read_examples
+
+    jsonl = tmp_path / "set.jsonl"
+    jsonl.write_text('{"question": "q", "answer": "a"}\n\n{"text": "t"}\n')
+    assert read_examples(jsonl) == [{"question": "q", "answer": "a"}, {"text": "t"}]
+    txt = tmp_path / "set.txt"
+    txt.write_text("first text\nsecond text\n")
+    assert read_examples(txt) == [{"text": "first text"}, {"text": "second text"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "extra": 1}\n')
+    with pytest.raises(CliInputError, match="unknown fields"):
+        read_examples(bad)
+    with pytest.raises(CliInputError, match="cannot read"):
+        read_examples(tmp_path / "missing.jsonl")
