@@ -189,9 +189,8 @@ class GateAdminMixin:
         )
 
     def _note_version(self, policy: GatePolicy) -> None:
-        setter = getattr(self.runtime.metrics, "set_policy_version", None)
-        if setter is not None:
-            setter(policy.version)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.set_policy_version(policy.version)
 
     # ---- explain ----------------------------------------------------------------------------
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:

@@ -80,13 +80,23 @@ class EngineConfig(_Section):
 class DetectorConfig(_Section):
     layers: tuple[int, ...] = Field(default=(4, 6, 8, 10, 12), min_length=1)
     max_prompt_tokens: int = Field(default=512, ge=8)
-    threads: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1, description="torch intra-op threads (process-wide)")
+    projection_seed: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Seed of the random projection applied to stored detector features. Set a secret value "
+            "per deployment (e.g. OBLIVIO_DETECTOR__PROJECTION_SEED from a secret): an attacker who "
+            "knows it recovers far more of the forgotten tokens (see detector/README.md). Changing "
+            "it makes earlier fitted sets incompatible."
+        ),
+    )
 
     @field_validator("layers")
     @classmethod
     def _layers_sorted_unique(cls, layers: tuple[int, ...]) -> tuple[int, ...]:
-        if any(layer < 0 for layer in layers):
-            raise ValueError("layer indices must be >= 0")
+        if any(layer < 1 for layer in layers):
+            raise ValueError("layer indices must be >= 1 (0 is the embedding output)")
         return tuple(sorted(set(layers)))
 
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from oblivio.gateway.admin_service import AdminServicer
+from oblivio.gateway.auth import AuthInterceptor, Authenticator, server_credentials
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import ChatCore
 from oblivio.gateway.proto_convert import (
@@ -198,8 +199,9 @@ class ChatServicer(oblivio_pb2_grpc.ChatServicer):
 class GrpcServer:
     """grpc.aio server with Chat, Admin, health and reflection; bind, serve, drain, stop."""
 
-    def __init__(self, runtime: Runtime, *, host: str, port: int) -> None:
+    def __init__(self, runtime: Runtime, *, host: str, port: int, authenticator: Authenticator) -> None:
         self.runtime = runtime
+        self.authenticator = authenticator
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -207,14 +209,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        auth = getattr(self.runtime.config, "auth", None)
-        if auth is not None:
-            from oblivio.gateway.auth import AuthInterceptor, Authenticator
-
-            interceptors.append(AuthInterceptor(Authenticator.from_config(auth)))
-        interceptors.append(ErrorMappingInterceptor())
-        return interceptors
+        return [AuthInterceptor(self.authenticator), ErrorMappingInterceptor()]
 
     async def start(self) -> int:
         config = self.runtime.config
@@ -230,12 +225,7 @@ class GrpcServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"{self.host}:{self.requested_port}"
-        credentials = None
-        auth = getattr(config, "auth", None)
-        if auth is not None:
-            from oblivio.gateway.auth import server_credentials
-
-            credentials = server_credentials(auth)
+        credentials = server_credentials(config.auth)
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind gRPC to {address}")

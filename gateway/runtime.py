@@ -47,21 +47,20 @@ class Runtime:
             await self.backend.close()
 
 
-def build_detector(config: OblivioConfig) -> ScoringBank | None:
-    """The detector bank over the base model's early layers; None if the package is missing.
+def build_detector(config: OblivioConfig) -> ScoringBank:
+    """The detector bank over the base model's early layers.
 
     Saved forget-set scorers are loaded into the bank by the registration pipeline on start
     (it owns which sets exist), so a fresh bank starts empty here.
     """
-    try:
-        from oblivio.detector import DetectorBank, FeatureExtractor
-    except ImportError as exc:
-        LOG.warning("detector unavailable (%s); serving without forget-set detection", exc)
-        return None
+    from oblivio.detector import DetectorBank, FeatureExtractor
+
     extractor = FeatureExtractor.from_pretrained(
         config.model_path,
         layers=tuple(config.detector.layers),
         max_prompt_tokens=config.detector.max_prompt_tokens,
+        projection_seed=config.detector.projection_seed,
+        threads=config.detector.threads,
     )
     return DetectorBank(extractor)
 
@@ -71,20 +70,6 @@ def build_metrics() -> Any:
     from oblivio.gateway.metrics import GatewayMetrics
 
     return GatewayMetrics()
-
-
-def _backend_from_config(config: OblivioConfig) -> GenerationBackend:
-    try:
-        from oblivio.gateway.backends.factory import build_backend
-    except ModuleNotFoundError as exc:
-        # The factory belongs to the backends area; until it exists the reference backend
-        # (which needs no engine configuration) can still be served.
-        if exc.name != "oblivio.gateway.backends.factory" or config.engine.backend != "reference":
-            raise
-        from oblivio.gateway.backends.reference import ReferenceBackend
-
-        return ReferenceBackend(config.model_path, max_model_len=config.model.max_model_len)
-    return build_backend(config)
 
 
 async def build_runtime(
@@ -106,7 +91,9 @@ async def build_runtime(
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model_path)
     owns_backend = backend is None
     if backend is None:
-        backend = _backend_from_config(config)
+        from oblivio.gateway.backends.factory import build_backend
+
+        backend = build_backend(config)
         await backend.start()
     if detector is BUILD_FROM_CONFIG:
         detector = build_detector(config)

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from oblivio.gateway.backends.base import BackendError
+from oblivio.gateway.auth import Authenticator
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.grpc_server import GrpcServer
 from oblivio.gateway.openai_http import create_app
@@ -61,13 +62,9 @@ class Gateway:
         self.runtime = runtime
         server_config = runtime.config.server
         self.host = server_config.host
-        self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port)
-        authenticator = None
-        auth = getattr(runtime.config, "auth", None)
-        if auth is not None:
-            from oblivio.gateway.auth import Authenticator
-
-            authenticator = Authenticator.from_config(auth)
+        # One authenticator (token files read once) guards both front doors.
+        authenticator = Authenticator.from_config(runtime.config.auth)
+        self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port, authenticator=authenticator)
         self.app = create_app(runtime.chat, authenticator=authenticator, metrics=runtime.metrics)
         self.http_port: int | None = None
         self._http: _EmbeddedUvicorn | None = None
