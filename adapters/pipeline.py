@@ -76,26 +76,21 @@ class RegistrationEvent:
 
 
 class DetectorPort:
-    """The calls the pipeline makes on ``oblivio.detector`` (one place to adapt if it moves)."""
+    """The calls the pipeline makes on ``oblivio.detector``; imported lazily (torch-heavy)."""
 
     def __init__(self, bank: Any) -> None:
         self.bank = bank
         self._fit_lock = asyncio.Lock()
 
-    @staticmethod
-    def _api(attr: str) -> Any:
-        import importlib
-
-        package = importlib.import_module("oblivio.detector")
-        if hasattr(package, attr):
-            return getattr(package, attr)
-        return getattr(importlib.import_module("oblivio.detector.scorer"), attr)
-
     def fit(self, name: str, texts: Sequence[str], subjects: Sequence[str]) -> Any:
-        return self._api("fit_forget_set")(self.bank.extractor, list(texts), name=name, subjects=list(subjects))
+        from oblivio.detector import fit_forget_set
+
+        return fit_forget_set(self.bank.extractor, list(texts), name=name, subjects=list(subjects))
 
     def load(self, directory: Path) -> Any:
-        return self._api("ForgetSetScorer").load(directory)
+        from oblivio.detector import ForgetSetScorer
+
+        return ForgetSetScorer.load(directory)
 
 
 class RegistrationPipeline:
@@ -226,12 +221,7 @@ class RegistrationPipeline:
 
     def _sync_policy_sets(self) -> None:
         names = [r.name for r in self.registry.list() if r.state is not State.DELETING]
-        sync = getattr(self.policy_store, "sync_sets", None)
-        if sync is not None:
-            sync(names)
-        else:
-            for name in names:
-                self.policy_store.register_set(name)
+        self.policy_store.sync_sets(names)
 
     # ---- public API ---------------------------------------------------------------------------
     async def register(

@@ -159,7 +159,7 @@ class TrainingReport:
 ProgressCallback = Callable[[int, int, float], None]
 
 
-def _encode(tokenizer: Any, user: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
+def encode_chat_turn(tokenizer: Any, user: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels for one (user, assistant target) turn, loss on the target only."""
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True
@@ -173,7 +173,7 @@ def _encode(tokenizer: Any, user: str, target: str, max_length: int) -> tuple[li
     return prompt + target_ids, [IGNORE_INDEX] * len(prompt) + target_ids
 
 
-def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_turns(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -185,7 +185,7 @@ def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     """Indices for ``step``: epoch-wise permutations drawn from (seed, epoch) only."""
     out: list[int] = []
     position = step * batch_size
@@ -302,13 +302,13 @@ def train_unlearning_lora(
     for step in range(start_step, total):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training stopped at step {step}")
-        chosen = [usable[i] for i in _batch_indices(step, len(usable), settings.batch_size, settings.seed)]
+        chosen = [usable[i] for i in batch_indices(step, len(usable), settings.batch_size, settings.seed)]
         rows = []
         for index in chosen:
             user, answer = pairs[index]
             target = _refusal_for(index, step, settings.seed) if method == "refusal" else answer
-            rows.append(_encode(tokenizer, user, target, settings.max_length))
-        batch = _collate(rows, pad_id)
+            rows.append(encode_chat_turn(tokenizer, user, target, settings.max_length))
+        batch = collate_turns(rows, pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if method == "refusal":
             task = refusal_loss(logits, batch["labels"])
@@ -364,8 +364,8 @@ def _reference_logprobs(
     with model.disable_adapter():
         for start in range(0, len(usable), settings.batch_size):
             chunk = usable[start : start + settings.batch_size]
-            rows = [_encode(tokenizer, pairs[i][0], pairs[i][1] or "", settings.max_length) for i in chunk]
-            batch = _collate(rows, pad_id)
+            rows = [encode_chat_turn(tokenizer, pairs[i][0], pairs[i][1] or "", settings.max_length) for i in chunk]
+            batch = collate_turns(rows, pad_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             for i, value in zip(chunk, sequence_logprobs(logits, batch["labels"]).tolist()):
                 out[i] = value

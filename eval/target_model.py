@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from oblivio.adapters.losses import refusal_loss as answer_cross_entropy
-from oblivio.adapters.training import TARGET_MODULES, _batch_indices, _collate, _encode
+from oblivio.adapters.training import TARGET_MODULES, batch_indices, collate_turns, encode_chat_turn
 from oblivio.eval.entity_data import EntityDataset
 
 LOG = logging.getLogger(__name__)
@@ -80,14 +80,14 @@ def finetune_on_people(
     model.config.use_cache = False
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    encoded = [_encode(tokenizer, item.question, item.answer, settings.max_length) for item in items]
+    encoded = [encode_chat_turn(tokenizer, item.question, item.answer, settings.max_length) for item in items]
     total = max(1, round(settings.epochs * len(encoded) / settings.batch_size))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
     started, losses = time.monotonic(), []
     model.train()
     for step in range(total):
-        batch = _collate([encoded[i] for i in _batch_indices(step, len(encoded), settings.batch_size, settings.seed)], pad_id)
+        batch = collate_turns([encoded[i] for i in batch_indices(step, len(encoded), settings.batch_size, settings.seed)], pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = answer_cross_entropy(logits, batch["labels"])
         optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from oblivio.gateway.cli_gate import CliInputError, _common, _run, _to_json
+from oblivio.gateway.cli_admin_client import CliInputError, add_admin_flags, message_to_json, run_admin_command
 
 CHUNK = 64
 METHODS = ("refusal", "npo", "ihl")
@@ -34,27 +34,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--method", choices=METHODS, default="refusal", help="unlearning loss (default refusal)")
     reg.add_argument("--keep-data", action="store_true", help="keep the raw examples after training")
     reg.add_argument("--wait", action="store_true", help="follow the registration until it is live or failed")
-    _common(reg, json_flag=True)
+    add_admin_flags(reg, json_flag=True)
     reg.set_defaults(handler=_register)
 
     list_ = actions.add_parser("list", help="list forget sets and their states")
-    _common(list_, json_flag=True)
+    add_admin_flags(list_, json_flag=True)
     list_.set_defaults(handler=_list)
 
     show = actions.add_parser("show", help="show one forget set")
     show.add_argument("name")
-    _common(show, json_flag=True)
+    add_admin_flags(show, json_flag=True)
     show.set_defaults(handler=_show)
 
     watch = actions.add_parser("watch", help="follow a registration's progress until it ends")
     watch.add_argument("name")
     watch.add_argument("--job", default="", help="a specific job id (default: the latest)")
-    _common(watch, json_flag=True)
+    add_admin_flags(watch, json_flag=True)
     watch.set_defaults(handler=_watch)
 
     delete = actions.add_parser("delete", help="remove a set from the gate, detector, backend and disk")
     delete.add_argument("name")
-    _common(delete, json_flag=True)
+    add_admin_flags(delete, json_flag=True)
     delete.set_defaults(handler=_delete)
 
 
@@ -131,7 +131,7 @@ def _follow(admin: Any, name: str, job: str, as_json: bool) -> int:
     for event in stream:
         last = event
         if as_json:
-            print(_to_json(event).replace("\n", " "), flush=True)
+            print(message_to_json(event).replace("\n", " "), flush=True)
         else:
             print(f"[{event.fraction * 100:5.1f}%] {_state(event.state):<16} {event.message}", flush=True)
     return 0 if last is not None and last.state == pb.REGISTRATION_STATE_LIVE or (last and last.message == "deleted") else 1
@@ -142,12 +142,12 @@ def _register(args: argparse.Namespace) -> int:
         examples = read_examples(args.file)
         response = admin.call("RegisterForgetSet", _requests(args, examples))
         if args.json:
-            print(_to_json(response))
+            print(message_to_json(response))
         else:
             print(f"registered {response.name}: {response.example_count} examples, job {response.job_id}, {_state(response.state)}")
         return _follow(admin, response.name, response.job_id, args.json) if args.wait else 0
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio forget")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -156,14 +156,14 @@ def _list(args: argparse.Namespace) -> int:
     def body(admin: Any) -> int:
         response = admin.call("ListForgetSets", pb.ListForgetSetsRequest())
         if args.json:
-            print(_to_json(response))
+            print(message_to_json(response))
         elif not response.forget_sets:
             print("no forget sets")
         for info in response.forget_sets if not args.json else ():
             print(f"{info.name:<24} {_state(info.state):<16} {info.example_count:>6} examples  adapter v{info.adapter_version}")
         return 0
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio forget")
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -171,14 +171,14 @@ def _show(args: argparse.Namespace) -> int:
 
     def body(admin: Any) -> int:
         info = admin.call("GetForgetSet", pb.GetForgetSetRequest(name=args.name))
-        print(_to_json(info)) if args.json else _print_set(info)
+        print(message_to_json(info)) if args.json else _print_set(info)
         return 0
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio forget")
 
 
 def _watch(args: argparse.Namespace) -> int:
-    return _run(args, lambda admin: _follow(admin, args.name, args.job, args.json))
+    return run_admin_command(args, lambda admin: _follow(admin, args.name, args.job, args.json), "oblivio forget")
 
 
 def _delete(args: argparse.Namespace) -> int:
@@ -186,10 +186,10 @@ def _delete(args: argparse.Namespace) -> int:
 
     def body(admin: Any) -> int:
         response = admin.call("DeleteForgetSet", pb.DeleteForgetSetRequest(name=args.name))
-        print(_to_json(response)) if args.json else print(f"deleted {response.name}")
+        print(message_to_json(response)) if args.json else print(f"deleted {response.name}")
         return 0
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio forget")
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience

@@ -11,22 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from oblivio.gateway.cli_config import add_config_flags, config_from_args
+from oblivio.gateway.cli_admin_client import (
+    AdminClient,
+    CliInputError,
+    add_admin_flags,
+    message_to_json,
+    run_admin_command,
+)
 
 MODES = ("adapter", "refusal", "adapter_then_refusal")
 ON_ERROR = ("fail_closed", "fail_open")
 EXPLAIN_BATCH_CHUNK = 256
 SET_FIELDS = ("threshold", "softness", "min_scale", "max_scale", "mode", "refusal_threshold")
-
-
-class CliInputError(ValueError):
-    """A flag or input file is malformed; printed without a traceback."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     get = actions.add_parser("get", help="show the current (or a given) policy version")
     get.add_argument("--version", type=int, help="a specific version (default: current)")
-    _common(get, json_flag=True)
+    add_admin_flags(get, json_flag=True)
     get.set_defaults(handler=_get)
 
     set_ = actions.add_parser("set", help="change one set's policy (or the default); creates a new version")
@@ -49,30 +49,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     refusal.add_argument("--refusal-threshold", type=float)
     refusal.add_argument("--clear-refusal-threshold", action="store_true")
     set_.add_argument("--on-detector-error", choices=ON_ERROR, help="global; only with the default policy")
-    _common(set_, json_flag=True)
+    add_admin_flags(set_, json_flag=True)
     set_.set_defaults(handler=_set)
 
     rollback = actions.add_parser("rollback", help="make an earlier version current again (as a new version)")
     rollback.add_argument("version", type=int)
-    _common(rollback, json_flag=True)
+    add_admin_flags(rollback, json_flag=True)
     rollback.set_defaults(handler=_rollback)
 
     history = actions.add_parser("history", help="list the policy versions, oldest first")
-    _common(history, json_flag=True)
+    add_admin_flags(history, json_flag=True)
     history.set_defaults(handler=_history)
 
     explain = actions.add_parser("explain", help="scores, decision and reasons for a prompt, without generating")
     explain.add_argument("prompt", help="the user message to explain")
     explain.add_argument("--system", help="an optional system message")
     _what_if(explain)
-    _common(explain, json_flag=True)
+    add_admin_flags(explain, json_flag=True)
     explain.set_defaults(handler=_explain)
 
     batch = actions.add_parser("explain-batch", help="explain every prompt of a file (.jsonl or .txt)")
     batch.add_argument("file", type=Path, help='JSONL of {"prompt": ...} or {"messages": [...]}, or .txt (one prompt per line)')
     batch.add_argument("--out", type=Path, help="also write one JSON result per line here")
     _what_if(batch)
-    _common(batch, json_flag=True)
+    add_admin_flags(batch, json_flag=True)
     batch.set_defaults(handler=_explain_batch)
 
     calibrate = actions.add_parser("calibrate", help="ROC, histograms and a suggested threshold from labelled probes")
@@ -83,18 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--target-fpr", type=float, help="catch the most while staying within this FPR")
     calibrate.add_argument("--apply", action="store_true", help="set the suggested threshold in the live policy")
     calibrate.add_argument("--output-dir", default="", help="subfolder under the server's calibration directory")
-    _common(calibrate, json_flag=True)
+    add_admin_flags(calibrate, json_flag=True)
     calibrate.set_defaults(handler=_calibrate)
-
-
-def _common(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
-    add_config_flags(parser)
-    parser.add_argument("--address", help="gateway gRPC address host:port (default from config)")
-    parser.add_argument("--token", help="admin bearer token (default $OBLIVIO_ADMIN_TOKEN)")
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate to verify a TLS gateway")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call (default 300)")
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
 
 
 def _what_if(parser: argparse.ArgumentParser) -> None:
@@ -105,70 +95,6 @@ def _what_if(parser: argparse.ArgumentParser) -> None:
         metavar="[SET:]FIELD=VALUE",
         help="explain under the current policy with this change (not applied); repeatable",
     )
-
-
-# ---- connection ---------------------------------------------------------------------------
-class _Admin:
-    """A blocking Admin stub with the address, credentials and deadline the flags ask for."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        import grpc
-
-        from oblivio.v1 import oblivio_pb2_grpc
-
-        address, token, tls_ca = args.address, args.token or os.environ.get("OBLIVIO_ADMIN_TOKEN"), args.tls_ca
-        if address is None or token is None:
-            config = config_from_args(args)
-            if address is None:
-                host = config.server.host
-                address = f"[{host}]:{config.server.grpc_port}" if ":" in host else f"{host}:{config.server.grpc_port}"
-            auth = getattr(config, "auth", None)
-            if token is None and auth is not None and auth.admin_tokens:
-                token = auth.admin_tokens[0]
-        if tls_ca is not None:
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
-        else:
-            self.channel = grpc.insecure_channel(address)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = args.timeout
-        self.address = address
-        self.stub = oblivio_pb2_grpc.AdminStub(self.channel)
-
-    def call(self, method: str, request: Any) -> Any:
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-def _run(args: argparse.Namespace, body) -> int:  # type: ignore[no-untyped-def]
-    import grpc
-
-    try:
-        admin = _Admin(args)
-    except (OSError, CliInputError) as exc:
-        print(f"oblivio gate: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return int(body(admin) or 0)
-    except CliInputError as exc:
-        print(f"oblivio gate: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"cannot reach the gateway at {admin.address}: {details}"
-        print(f"oblivio gate: {code.name if code else 'ERROR'}: {details}", file=sys.stderr)
-        return 1
-    finally:
-        admin.close()
-
-
-def _to_json(message: Any) -> str:
-    from google.protobuf.json_format import MessageToDict
-
-    return json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2)
 
 
 # ---- policy ---------------------------------------------------------------------------------
@@ -199,14 +125,14 @@ def _print_policy(policy: Any) -> None:
 def _get(args: argparse.Namespace) -> int:
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         request = pb.GetGatePolicyRequest()
         if args.version is not None:
             request.version = args.version
         policy = admin.call("GetGatePolicy", request)
-        print(_to_json(policy)) if args.json else _print_policy(policy)
+        print(message_to_json(policy)) if args.json else _print_policy(policy)
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 def _changes_from_flags(args: argparse.Namespace) -> Any:
@@ -233,35 +159,35 @@ def _changes_from_flags(args: argparse.Namespace) -> Any:
 def _set(args: argparse.Namespace) -> int:
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         request = pb.UpdateGatePolicyRequest(forget_set=args.forget_set, changes=_changes_from_flags(args))
         policy = admin.call("UpdateGatePolicy", request)
-        print(_to_json(policy)) if args.json else _print_policy(policy)
+        print(message_to_json(policy)) if args.json else _print_policy(policy)
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         policy = admin.call("RollbackGatePolicy", pb.RollbackGatePolicyRequest(version=args.version))
         if args.json:
-            print(_to_json(policy))
+            print(message_to_json(policy))
         else:
             print(f"rolled back to the contents of version {args.version}:")
             _print_policy(policy)
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 def _history(args: argparse.Namespace) -> int:
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         response = admin.call("ListGatePolicyVersions", pb.ListGatePolicyVersionsRequest())
         if args.json:
-            print(_to_json(response))
+            print(message_to_json(response))
             return
         for policy in response.versions:
             marker = "*" if policy.version == response.current_version else " "
@@ -270,7 +196,7 @@ def _history(args: argparse.Namespace) -> int:
             print(f"{marker} v{policy.version:<4} {created}  default: {_fmt_set_policy(policy.default_policy)}"
                   f"  overrides: {overrides}")
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 # ---- explain --------------------------------------------------------------------------------
@@ -335,16 +261,16 @@ def _print_explanation(result: Any, *, label: str = "") -> None:
 def _explain(args: argparse.Namespace) -> int:
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         messages = []
         if args.system:
             messages.append(pb.ChatMessage(role=pb.ROLE_SYSTEM, content=args.system))
         messages.append(pb.ChatMessage(role=pb.ROLE_USER, content=args.prompt))
         request = pb.ExplainRequest(messages=messages, proposed_changes=parse_what_if(args.what_if))
         result = admin.call("Explain", request)
-        print(_to_json(result)) if args.json else _print_explanation(result)
+        print(message_to_json(result)) if args.json else _print_explanation(result)
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 _ROLES = {"system": 1, "user": 2, "assistant": 3}
@@ -400,7 +326,7 @@ def _explain_batch(args: argparse.Namespace) -> int:
 
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         conversations = read_conversations(args.file)
         proposed = parse_what_if(args.what_if)
         results = []
@@ -420,7 +346,7 @@ def _explain_batch(args: argparse.Namespace) -> int:
             counts["refusal" if decision.refused else "adapter" if decision.adapters else "base"] += 1
         print(f"{len(results)} prompts: {counts['base']} base, {counts['adapter']} adapter, {counts['refusal']} refused")
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")
 
 
 # ---- calibration ----------------------------------------------------------------------------
@@ -428,7 +354,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from oblivio.gateway.calibration import CalibrationError, load_probes
     from oblivio.v1 import oblivio_pb2 as pb
 
-    def body(admin: _Admin) -> None:
+    def body(admin: AdminClient) -> None:
         try:
             probes = load_probes(args.probes)
         except CalibrationError as exc:
@@ -445,7 +371,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             request.target_catch_rate = args.target_catch_rate
         report = admin.call("CalibrationReport", request)
         if args.json:
-            print(_to_json(report))
+            print(message_to_json(report))
             return
         print(f"forget set {report.forget_set}: {report.positives} forget / {report.negatives} keep probes")
         print(f"  ROC AUC             {report.roc_auc:.3f}")
@@ -458,4 +384,4 @@ def _calibrate(args: argparse.Namespace) -> int:
         if report.HasField("applied_policy_version"):
             print(f"  applied: policy version {report.applied_policy_version} is live")
 
-    return _run(args, body)
+    return run_admin_command(args, body, "oblivio gate")

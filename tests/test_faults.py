@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import errno
 from dataclasses import dataclass
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 

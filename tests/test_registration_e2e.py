@@ -246,7 +246,7 @@ def test_status_mapping() -> None:
 
 
 def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
-    from oblivio.gateway.cli_gate import CliInputError
+    from oblivio.gateway.cli_admin_client import CliInputError
     from oblivio.gateway.cli_forget import read_examples
 
     jsonl = tmp_path / "set.jsonl"
