@@ -86,10 +86,11 @@ class Gateway:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.http_port}"
+        scheme = "https" if self.runtime.config.auth.tls_cert_file else "http"
+        return f"{scheme}://{_url_host(self.host)}:{self.http_port}"
 
     async def start(self) -> None:
-        config = self.runtime.config.server
+        config, auth = self.runtime.config.server, self.runtime.config.auth
         await self.grpc.start()
         sock = _bind(self.host, config.http_port)
         self.http_port = sock.getsockname()[1]
@@ -99,6 +100,9 @@ class Gateway:
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)) if config.shutdown_grace_s else None,
             limit_concurrency=config.max_concurrent_requests * 2,
+            # The same certificate as gRPC; client certificates (mTLS) are a gRPC-side option.
+            ssl_certfile=str(auth.tls_cert_file) if auth.tls_cert_file else None,
+            ssl_keyfile=str(auth.tls_key_file) if auth.tls_key_file else None,
         )
         self._http = _EmbeddedUvicorn(uv_config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="oblivio-http")
