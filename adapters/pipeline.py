@@ -354,6 +354,7 @@ class RegistrationPipeline:
         loaded (their artifacts may be what failed). Returns the names that changed here.
         """
         changed: list[str] = []
+        self.policy_store.refresh()  # gate policy changes made on another replica
         async with self._sync_lock:
             records = {r.name: r for r in self.registry.list()}
             for name in [n for n in self._loaded if n not in records and n not in self._tasks]:

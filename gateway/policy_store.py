@@ -19,13 +19,15 @@ so a crash leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,8 @@ class PolicyStore:
         self.path = path / POLICY_FILENAME if path.is_dir() or not path.suffix else path
         self._defaults = defaults
         self._max_history = max(1, max_history)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a reload adopts the configured grid
+        self._stamp: tuple[int, int, int] | None = None  # the file version this process has read
         self._sets: set[str] = set()
         self._history: list[GatePolicy] = []
         self._current: GatePolicy
@@ -186,20 +189,20 @@ class PolicyStore:
         """Make ``name`` a valid target for per-set updates (called when a set is registered)."""
         if not name:
             raise PolicyValidationError("forget set name must not be empty")
-        with self._lock:
+        with self._exclusive():
             if name not in self._sets:
                 self._sets.add(name)
                 self._persist()
 
     def sync_sets(self, names: Iterable[str]) -> None:
         """Replace the known set names (the registry is the source of truth at start-up)."""
-        with self._lock:
+        with self._exclusive():
             self._sets = {n for n in names if n}
             self._persist()
 
     def forget(self, set_name: str) -> GatePolicy:
         """Unregister a set; if it had an override, a new version without it becomes live."""
-        with self._lock:
+        with self._exclusive():
             self._sets.discard(set_name)
             if set_name in self._current.per_set:
                 per_set = {k: v for k, v in self._current.per_set.items() if k != set_name}
@@ -215,7 +218,7 @@ class PolicyStore:
         A set without an override starts from the current default. ``on_detector_error`` is a
         global field and is only accepted with ``set_name=None``.
         """
-        with self._lock:
+        with self._exclusive():
             return self._commit(self._apply(self._current, set_name, changes))
 
     def propose(self, changes: Sequence[tuple[str | None, Mapping[str, Any]]]) -> GatePolicy:
@@ -268,7 +271,7 @@ class PolicyStore:
 
     def reset_set(self, set_name: str) -> GatePolicy:
         """Drop a set's override so it follows the default again (new version)."""
-        with self._lock:
+        with self._exclusive():
             if set_name not in self._current.per_set:
                 raise UnknownForgetSetError(f"forget set '{set_name}' has no policy override")
             per_set = {k: v for k, v in self._current.per_set.items() if k != set_name}
@@ -280,13 +283,53 @@ class PolicyStore:
         Overrides of sets that have since been forgotten are dropped: a set that is re-registered
         later under the same name must not silently inherit a stale override.
         """
-        with self._lock:
+        with self._exclusive():
             old = self.get_version(version)
             per_set = {k: v for k, v in old.per_set.items() if k in self._sets}
             candidate = replace(
                 old, per_set=per_set, scale_grid=self._current.scale_grid
             )
             return self._commit(candidate)
+
+    # ---- replicas ----------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Adopt what another gateway replica committed to the shared policy file.
+
+        Replicas share the artifact directory, so the JSON file is the source of truth: every
+        write happens under an advisory file lock after catching up with the file, and readers
+        call this periodically (the registration pipeline's replica sync) to pick up changes.
+        Returns True when a newer file was loaded.
+        """
+        with self._lock:
+            return self._refresh_locked()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _refresh_locked(self) -> bool:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._load()
+        return True
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's lock plus a file lock shared with other replicas; then catch up with
+        the file, so a write never overwrites a version another replica committed."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    self._refresh_locked()
+                    yield
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # ---- internals ---------------------------------------------------------------------
     def _commit(self, candidate: GatePolicy) -> GatePolicy:
@@ -319,6 +362,7 @@ class PolicyStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._stamp = self._file_stamp()
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -326,6 +370,7 @@ class PolicyStore:
             os.close(dir_fd)
 
     def _load(self) -> None:
+        stamp = self._file_stamp()
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
             if document.get("format") != FORMAT_VERSION:
@@ -343,6 +388,7 @@ class PolicyStore:
         self._sets = set(document.get("sets", []))
         self._history = history
         self._current = history[-1]
+        self._stamp = stamp
         grid = tuple(self._defaults.scale_grid)
         if self._current.scale_grid != grid:
             self._rebase_grid(grid)

@@ -98,8 +98,9 @@ def test_persistence_and_reload(store: PolicyStore, tmp_path: Path) -> None:
     assert [asdict(p.default) for p in reloaded.history()] == [asdict(p.default) for p in store.history()]
     reloaded.rollback(2)
     assert PolicyStore(tmp_path / "artifacts", GateConfig()).current().version == 4
-    leftovers = [p.name for p in store.path.parent.iterdir() if p.name != POLICY_FILENAME]
-    assert leftovers == []  # no temp files left behind
+    # No temp files left behind; the lock file replicas share is meant to stay.
+    leftovers = [p.name for p in store.path.parent.iterdir() if p.name not in (POLICY_FILENAME, f"{POLICY_FILENAME}.lock")]
+    assert leftovers == []
 
 
 def test_changed_grid_in_config_is_adopted_with_capped_scales(store: PolicyStore, tmp_path: Path) -> None:
@@ -188,3 +189,40 @@ def test_propose_is_validated_but_never_committed(store: PolicyStore) -> None:
         store.propose([(None, {"threshold": -1})])
     with pytest.raises(UnknownForgetSetError):
         store.propose([("nope", {"threshold": 0.1})])
+
+
+def test_replicas_sharing_the_file_see_and_build_on_each_others_versions(tmp_path: Path) -> None:
+    first = PolicyStore(tmp_path / "shared", GateConfig())
+    first.register_set("bio")
+    second = PolicyStore(tmp_path / "shared", GateConfig())
+    assert second.known_sets() == ["bio"] and not second.refresh(), "nothing new since it loaded"
+
+    tightened = first.update("bio", {"threshold": 0.8})
+    assert second.current().version < tightened.version
+    assert second.refresh() and second.current() == tightened
+
+    # A write on a replica that has not refreshed yet still builds on the newest version.
+    loosened = first.update(None, {"threshold": 0.3})
+    on_second = second.update("bio", {"softness": 4.0})
+    assert on_second.version == loosened.version + 1
+    assert on_second.default.threshold == 0.3 and on_second.per_set["bio"].threshold == 0.8
+    assert first.refresh() and first.current() == on_second
+
+
+def test_concurrent_writers_in_two_replicas_lose_no_version(tmp_path: Path) -> None:
+    replicas = [PolicyStore(tmp_path / "shared", GateConfig()) for _ in range(2)]
+
+    def writer(store: PolicyStore, offset: int) -> None:
+        for step in range(10):
+            store.update(None, {"threshold": round(0.05 * (offset + step), 2)})
+
+    threads = [threading.Thread(target=writer, args=(store, i * 10)) for i, store in enumerate(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    replicas[0].refresh()
+    replicas[1].refresh()
+    versions = [p.version for p in replicas[0].history()]
+    assert versions == list(range(1, 22)), "20 updates from two replicas = 20 new versions"
+    assert replicas[0].current() == replicas[1].current()
