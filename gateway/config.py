@@ -53,6 +53,9 @@ class ServerConfig(_Section):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_port: int = Field(default=8000, ge=0, le=65535)
     max_concurrent_requests: int = Field(default=64, ge=1)
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="largest HTTP request body (gRPC has its own 4 MiB bound)"
+    )
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 

@@ -147,10 +147,51 @@ def _error_for(exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
 
 
-def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None) -> FastAPI:
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` before they are buffered in memory.
+
+    A declared Content-Length over the limit is answered at once; a chunked body is counted as
+    it arrives and refused when it crosses the limit (raised as an HTTP 413 that the app's
+    error handler renders in OpenAI's error shape).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> str:
+        return f"request body exceeds {self.max_bytes} bytes"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(413, self._too_large(), kind="invalid_request_error")
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
+               max_body_bytes: int = 4 * 1024 * 1024) -> FastAPI:
     """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat;
-    ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered at ``/metrics``."""
+    ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered at ``/metrics``;
+    ``max_body_bytes`` bounds what one request may make the server buffer."""
     app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.ready = False
 
     @app.exception_handler(RequestValidationError)

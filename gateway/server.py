@@ -65,7 +65,12 @@ class Gateway:
         # One authenticator (token files read once) guards both front doors.
         authenticator = Authenticator.from_config(runtime.config.auth)
         self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port, authenticator=authenticator)
-        self.app = create_app(runtime.chat, authenticator=authenticator, metrics=runtime.metrics)
+        self.app = create_app(
+            runtime.chat,
+            authenticator=authenticator,
+            metrics=runtime.metrics,
+            max_body_bytes=server_config.max_request_bytes,
+        )
         self.http_port: int | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
