@@ -8,7 +8,6 @@ started (the session-scoped reference or vLLM backend) instead of loading a seco
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +15,6 @@ from oblivio.gateway.backends.base import GenerationBackend
 from oblivio.gateway.chat_core import ChatCore, ScoringBank
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.policy_store import PolicyStore
-
-LOG = logging.getLogger(__name__)
 
 # Sentinel for "build the detector bank from config" (None means "run without a detector").
 BUILD_FROM_CONFIG: Any = object()
@@ -32,16 +29,13 @@ class Runtime:
     policy_store: PolicyStore
     metrics: Any
     chat: ChatCore
-    registration: Any = None  # oblivio.adapters.pipeline.RegistrationPipeline once it exists
+    registration: Any = None  # oblivio.adapters.pipeline.RegistrationPipeline, when started
     owns_backend: bool = True  # close the backend on shutdown (False when a fixture owns it)
 
     async def close(self) -> None:
         """Stop background work, then the backend (if this runtime started it)."""
-        stop = getattr(self.registration, "close", None)
-        if stop is not None:
-            result = stop()
-            if hasattr(result, "__await__"):
-                await result
+        if self.registration is not None:
+            await self.registration.close()
         self.chat.close()
         if self.owns_backend:
             await self.backend.close()
@@ -124,14 +118,9 @@ async def build_runtime(
 
 
 async def start_registration(runtime: Runtime) -> Any:
-    """The registration pipeline wired to this runtime, started; None if the package is absent."""
-    try:
-        from oblivio.adapters.pipeline import RegistrationPipeline
-    except ModuleNotFoundError as exc:
-        if exc.name != "oblivio.adapters.pipeline":
-            raise
-        LOG.warning("registration pipeline unavailable: forget sets cannot be registered")
-        return None
+    """The registration pipeline wired to this runtime, started (restores registered sets)."""
+    from oblivio.adapters.pipeline import RegistrationPipeline
+
     pipeline = RegistrationPipeline.from_runtime(runtime)
     await pipeline.start()
     return pipeline
