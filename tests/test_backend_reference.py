@@ -27,6 +27,19 @@ def step_logprobs(chunks):
     return [lp for c in chunks for lp in c.logprobs]
 
 
+# Runs of the same fp32 model differ in the last bits across code paths (peft with adapters
+# disabled vs the plain model) and thread scheduling: about 1e-5 in logprob was seen. An adapter
+# at any scale used here moves logprobs by far more than this tolerance.
+SAME_MODEL_LOGPROB_TOL = 1e-4
+
+
+def assert_same_logprobs(left, right):
+    left, right = step_logprobs(left), step_logprobs(right)
+    assert [sorted(step) for step in left] == [sorted(step) for step in right], "different top tokens"
+    for a, b in zip(left, right):
+        assert a == pytest.approx(b, abs=SAME_MODEL_LOGPROB_TOL)
+
+
 @pytest.fixture(scope="module")
 async def loaded(reference_backend, lora_adapters):
     """alpha and beta, plus alpha again as "alpha_twin" (for exact-linearity checks)."""
@@ -90,7 +103,7 @@ async def test_adapter_changes_output_and_scale_zero_is_base(loaded, chat_prompt
     zero_text, zero = await collect(loaded, ids, sampling, AdapterApplication((("alpha", 0.0),)))
     assert lora_text != base_text
     assert zero_text == base_text
-    assert step_logprobs(zero) == step_logprobs(base)
+    assert_same_logprobs(zero, base)
 
 
 @pytest.mark.slow
@@ -214,7 +227,7 @@ async def test_removing_every_adapter_restores_the_base_model(loaded, lora_adapt
     for name in loaded.list_adapters():
         await loaded.remove_adapter(name)
     _, after = await collect(loaded, ids, sampling)
-    assert step_logprobs(after) == step_logprobs(before)
+    assert_same_logprobs(after, before)
     await loaded.add_adapter("again", lora_adapters["alpha"])
     _, adapted = await collect(loaded, ids, sampling, AdapterApplication((("again", 1.0),)))
     assert step_logprobs(adapted) != step_logprobs(before)
