@@ -151,6 +151,24 @@ async def test_logprobs_top_k_and_chosen_token(loaded, chat_prompt):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("application", [AdapterApplication(), AdapterApplication((("alpha", 0.5), ("beta", 1.0)))])
+async def test_teacher_forced_scores_match_what_generation_reported(loaded, chat_prompt, application):
+    """Scoring the greedy answer token by token must give the logprobs generation reported for
+    it, under the same adapters and scales; a second, different continuation scores lower."""
+    prompt = chat_prompt(QUESTION)
+    _, chunks = await collect(loaded, prompt, SamplingSettings(max_tokens=6, logprobs=0), application)
+    answer = [c.token_ids[0] for c in chunks]
+    reported = [c.logprobs[0][t] for c, t in zip(chunks, answer)]
+    wrong = answer[:1] + [answer[1] + 1] + answer[2:]
+    scored, scored_wrong = await loaded.score_continuations(prompt, [answer, wrong], application)
+    assert scored == pytest.approx(reported, abs=SAME_MODEL_LOGPROB_TOL)
+    assert scored_wrong[0] == pytest.approx(scored[0], abs=SAME_MODEL_LOGPROB_TOL)
+    assert scored_wrong[1] < scored[1]
+    with pytest.raises(ValueError, match="non-empty"):
+        await loaded.score_continuations(prompt, [[]], application)
+
+
+@pytest.mark.slow
 async def test_stop_string_and_max_tokens(loaded, chat_prompt):
     ids = chat_prompt(QUESTION)
     text, chunks = await collect(loaded, ids, SamplingSettings(max_tokens=30, stop=("Paris",)))

@@ -106,6 +106,28 @@ def validate_sampling(sampling: SamplingSettings) -> None:
         raise ValueError(f"logprobs must lie in [0, {MAX_LOGPROBS}], got {sampling.logprobs}")
 
 
+def prepare_request(
+    prompt_token_ids: Sequence[int],
+    sampling: SamplingSettings,
+    application: AdapterApplication,
+    known_adapters: Collection[str],
+    max_model_len: int,
+) -> tuple[list[int], tuple[tuple[str, float], ...]]:
+    """The checks every backend runs before it queues a generation, in one place so a bad
+    request fails identically (same exception, same message) whichever backend serves it.
+
+    Returns the prompt as plain ints and the adapters left after :func:`normalize_application`.
+    """
+    validate_sampling(sampling)
+    adapters = normalize_application(application, known_adapters)
+    prompt = [int(t) for t in prompt_token_ids]
+    if not prompt:
+        raise ValueError("prompt must contain at least one token")
+    if len(prompt) >= max_model_len:
+        raise ValueError(f"prompt has {len(prompt)} tokens; max_model_len is {max_model_len}")
+    return prompt, adapters
+
+
 @runtime_checkable
 class GenerationBackend(Protocol):
     """Async generation over one base model with runtime-registered LoRA adapters."""

@@ -27,7 +27,7 @@ from oblivio.gateway.backends.base import (
     GenerationChunk,
     SamplingSettings,
     normalize_application,
-    validate_sampling,
+    prepare_request,
 )
 
 log = logging.getLogger(__name__)
@@ -213,16 +213,52 @@ class ReferenceBackend:
     ) -> AsyncIterator[GenerationChunk]:
         """Validate now (so bad requests fail at the call), then stream from a worker thread."""
         self._require_started()
-        validate_sampling(sampling)
+        prompt, adapters = prepare_request(prompt_token_ids, sampling, application, self._adapters, self.max_model_len)
+        return self._stream(prompt, sampling, adapters, request_id)
+
+    async def score_continuations(
+        self,
+        prompt_token_ids: Sequence[int],
+        continuations: Sequence[Sequence[int]],
+        application: AdapterApplication,
+    ) -> list[list[float]]:
+        """Log-probability of every token of each continuation after the prompt (teacher forcing).
+
+        Why here: TOFU's truth ratio and answer probability need the likelihood of *given*
+        answers under exactly the adapters and scales a gate chose, which sampling cannot give.
+        All continuations share one batched forward pass.
+        """
+        self._require_started()
         adapters = normalize_application(application, self._adapters)
         prompt = [int(t) for t in prompt_token_ids]
-        if not prompt:
-            raise ValueError("prompt must contain at least one token")
-        if len(prompt) >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(prompt)} tokens; max_model_len is {self.max_model_len}"
-            )
-        return self._stream(prompt, sampling, adapters, request_id)
+        tails = [[int(t) for t in c] for c in continuations]
+        if not prompt or not tails or any(not t for t in tails):
+            raise ValueError("scoring needs a non-empty prompt and non-empty continuations")
+        if len(prompt) + max(map(len, tails)) > self.max_model_len:
+            raise ValueError(f"prompt plus continuation exceed max_model_len {self.max_model_len}")
+        async with self._lock:
+            self._require_started()
+            return await asyncio.to_thread(self._score, prompt, tails, adapters)
+
+    def _score(
+        self, prompt: list[int], tails: list[list[int]], adapters: tuple[tuple[str, float], ...]
+    ) -> list[list[float]]:
+        width = len(prompt) + max(map(len, tails))
+        ids = torch.zeros((len(tails), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, tail in enumerate(tails):
+            sequence = prompt + tail
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        with torch.inference_mode(), self._activate(adapters):
+            logits = self._model(input_ids=ids, attention_mask=mask).logits.float()
+        # Position p predicts token p + 1: the continuation's tokens are predicted from
+        # positions len(prompt) - 1 ... len(prompt) + len(tail) - 2.
+        logprobs = torch.log_softmax(logits[:, len(prompt) - 1 : -1], dim=-1)
+        return [
+            logprobs[row, torch.arange(len(tail)), torch.tensor(tail)].tolist()
+            for row, tail in enumerate(tails)
+        ]
 
     async def _stream(
         self,

@@ -47,8 +47,7 @@ from oblivio.gateway.backends.base import (
     BackendError,
     GenerationChunk,
     SamplingSettings,
-    normalize_application,
-    validate_sampling,
+    prepare_request,
 )
 from oblivio.gateway.config import EngineConfig
 
@@ -369,14 +368,8 @@ class VLLMBackend:
     ) -> AsyncIterator[GenerationChunk]:
         """Validate now (bad requests fail at the call), then stream DELTA outputs from vLLM."""
         self._require_engine()
-        validate_sampling(sampling)
-        adapters = normalize_application(application, self._adapters)
+        prompt, adapters = prepare_request(prompt_token_ids, sampling, application, self._adapters, self.max_model_len)
         self._variant_key(adapters)  # a scale above the grid fails here, at the call
-        prompt = [int(t) for t in prompt_token_ids]
-        if not prompt:
-            raise ValueError("prompt must contain at least one token")
-        if len(prompt) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(prompt)} tokens; max_model_len is {self.max_model_len}")
         return self._stream(prompt, sampling, adapters, request_id)
 
     def _sampling_params(self, sampling: SamplingSettings) -> Any:
