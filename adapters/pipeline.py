@@ -139,13 +139,18 @@ class RegistrationPipeline:
     def from_runtime(cls, runtime: Any, **overrides: Any) -> "RegistrationPipeline":
         """The pipeline a gateway process runs, wired to its backend, detector and policy store."""
         config = runtime.config
+        training = config.training
         kwargs: dict[str, Any] = dict(
             model_path=config.model_path,
             root=config.artifacts_path,
             backend=runtime.backend,
             policy_store=runtime.policy_store,
             detector=runtime.detector,
-            threads=config.training.threads,
+            training=TrainingSettings(
+                steps=training.steps, epochs=training.epochs, batch_size=training.batch_size,
+                max_length=training.max_length,
+            ),
+            threads=training.threads,
             sync_interval=REPLICA_SYNC_S,
         )
         kwargs.update(overrides)

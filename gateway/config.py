@@ -117,7 +117,15 @@ class GateConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """Background LoRA training of registered sets. Defaults follow O3 (5 epochs, batches of 8);
+    ``steps`` caps the run at a fixed number of optimizer steps, which is how CI and smoke tests
+    of a real ``oblivio serve`` keep a registration to seconds (OBLIVIO_TRAINING__STEPS=2)."""
+
     threads: int = Field(default=1, ge=1, description="torch threads for background training")
+    steps: int | None = Field(default=None, ge=1, description="fixed optimizer steps; empty = derived from epochs")
+    epochs: float = Field(default=5.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=96, ge=16, description="tokens per training sequence")
 
 
 class AuthConfig(_Section):

@@ -8,9 +8,10 @@ refuses matched prompts), then the adapter once the set is LIVE, and a deletion 
 unload the set on B. Training is skipped by parking A's trainer queue (see test_faults.py) and
 publishing a ready adapter through the real store, which is what a finished training does.
 
-Why not two processes: each would load its own model, detector extractor and backend (about a
-minute and 2 GB on this CI machine); the mechanism under test (the registry poll) is the same
-code either way, and nothing but the artifact directory is shared between A and B here.
+The same propagation between two real ``oblivio serve`` processes is tested over sockets in
+test_replica_processes.py; this in-process version pins down what that one cannot time
+deterministically: B refuses while A's job is still parked before training (nothing LIVE
+anywhere), and it checks B's own state (bank, backend, registry) directly.
 """
 
 from __future__ import annotations
