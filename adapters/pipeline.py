@@ -22,7 +22,14 @@ Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -
   published elsewhere: a new detector version enters its bank (so its gate refuses matched
   prompts at once), a new adapter version is loaded into its backend once the set is LIVE, and
   a set deleted elsewhere is dropped. Propagation delay is therefore at most one interval.
-  Jobs are not shared: an unfinished job resumes on whichever replica restarts first.
+* **One owner per job.** A job runs only on the replica holding its lease in the registry
+  (taken with the registry row at registration, renewed every ``lease_s / 3`` seconds while the
+  job runs, released when it ends or the replica shuts down). A replica that restarts, or any
+  replica's registry poll, takes over an unfinished job only once its lease is free or expired
+  (its owner died), so two replicas never train the same set; an owner that provably died on
+  this host (its PID is gone, see ``oblivio.adapters.lease``) is taken over without waiting.
+  An owner that loses its lease (it stalled past ``lease_s`` and another replica took the job,
+  or the set was deleted elsewhere) stops its copy of the job.
 * **Observable.** Every state change and training step is an event; ``watch()`` is an async
   subscription that starts with the current snapshot (used by WatchRegistration).
 """
@@ -42,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.registry import ForgetSetRecord, Registry, State, UnknownForgetSetError
 from oblivio.adapters.store import ArtifactStore, atomic_write_bytes, validate_name
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
@@ -50,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 10_000
 REPLICA_SYNC_S = 5.0  # how often a gateway picks up registrations made by other replicas
+JOB_LEASE_S = 30.0  # a job whose owner stopped renewing this long ago may be taken over
 MAX_DESCRIPTION = 2_000
 MAX_SUBJECTS = 64
 FRACTION = {
@@ -109,7 +118,11 @@ class RegistrationPipeline:
         nice: int = 10,
         max_attempts: int = 3,
         sync_interval: float | None = None,
+        lease_s: float = JOB_LEASE_S,
+        owner_id: str | None = None,
     ) -> None:
+        if lease_s <= 0:
+            raise ValueError("lease_s must be positive")
         self.model_path = Path(model_path)
         self.root = Path(root)
         self.store = ArtifactStore(self.root / "forget_sets")
@@ -134,6 +147,9 @@ class RegistrationPipeline:
         self._sync_lock = asyncio.Lock()
         # name -> (detector version, adapter version) this process has loaded (0 = none)
         self._loaded: dict[str, tuple[int, int]] = {}
+        self.lease_s = lease_s
+        # Unique per pipeline lifetime: a restarted replica must not inherit its old leases.
+        self.owner_id = owner_id or new_owner_id()
 
     @classmethod
     def from_runtime(cls, runtime: Any, **overrides: Any) -> "RegistrationPipeline":
@@ -183,12 +199,14 @@ class RegistrationPipeline:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop(), name="registry-sync")
 
     async def close(self) -> None:
-        """Stop jobs (they resume on the next start) and the registry."""
+        """Stop jobs and the registry. Their leases are released, so the next replica to look
+        (this one restarted, or any other's registry poll) resumes them from their last step."""
         self._closed = True
         tasks = list(self._tasks.values()) + ([self._sync_task] if self._sync_task is not None else [])
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)  # each job releases its lease
+        retire_owner_id(self.owner_id)
         self.registry.close()
 
     async def _restore(self, record: ForgetSetRecord) -> None:
@@ -275,7 +293,7 @@ class RegistrationPipeline:
         atomic_write_bytes(job_dir / "examples.jsonl", "".join(json.dumps(asdict(ex)) + "\n" for ex in items).encode())
         record, _ = self.registry.create(
             name, method=method, description=description, subjects=subjects, keep_data=keep_data,
-            example_count=len(items), job_id=job_id,
+            example_count=len(items), job_id=job_id, owner=self.owner_id, lease_s=self.lease_s,
         )
         self.policy_store.register_set(name)
         self._emit(record.name, record.job_id, State.VALIDATING, 0.0, f"accepted {len(items)} examples")
@@ -366,6 +384,12 @@ class RegistrationPipeline:
                 await self._drop_local(name)
                 changed.append(name)
             for name, record in records.items():
+                if name not in self._tasks and not record.state.terminal and record.state is not State.DELETING \
+                        and not self._closed and self._job_lease_free(record.job_id):
+                    log.info("taking over the registration of %r (%s): its owner is gone or its lease expired",
+                             name, record.state.value)
+                    self._spawn(name)
+                    changed.append(name)
                 if name in self._tasks or record.state in (State.FAILED, State.DELETING, State.VALIDATING):
                     continue
                 have_detector, have_adapter = self._loaded.get(name, (0, 0))
@@ -386,6 +410,13 @@ class RegistrationPipeline:
                          name, detector_version, adapter_version)
                 changed.append(name)
         return changed
+
+    def _job_lease_free(self, job_id: str) -> bool:
+        try:
+            job = self.registry.job(job_id)
+        except LookupError:  # deleted meanwhile
+            return False
+        return job.lease_free() or owner_is_dead(job.owner)
 
     async def _drop_local(self, name: str) -> None:
         """Unload a set another replica deleted (its files and registry row are already gone)."""
@@ -424,6 +455,14 @@ class RegistrationPipeline:
     async def _run(self, name: str) -> None:
         record = self.registry.get(name)
         job_id = record.job_id
+        if not self.registry.acquire_lease(job_id, self.owner_id, self.lease_s, holder_dead=owner_is_dead):
+            log.info("registration of %r runs on another replica (%s); not resuming it here",
+                     name, self.registry.job(job_id).owner)
+            return
+        job_task = asyncio.current_task()
+        assert job_task is not None
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(name, job_id, job_task),
+                                                           name=f"lease-{name}")
         try:
             attempts = self.registry.bump_attempts(job_id)
             if attempts > self.max_attempts:
@@ -442,6 +481,36 @@ class RegistrationPipeline:
             message = str(exc) or type(exc).__name__
             self.registry.transition(name, State.FAILED, message=message, error=message)
             self._emit(name, job_id, State.FAILED, current_fraction(self.registry, job_id), message)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            try:  # finished, failed or stopped: another replica may take an unfinished job at once
+                self.registry.release_lease(job_id, self.owner_id)
+            except Exception:  # noqa: BLE001 - e.g. the registry is closing; the lease then expires
+                log.warning("could not release the lease on job %s; it expires in %.0fs", job_id, self.lease_s)
+
+    async def _keep_lease(self, name: str, job_id: str, job_task: asyncio.Task[None]) -> None:
+        """Renew the job's lease while it runs; stop the job if the lease is lost.
+
+        Lost means another replica holds it now (this process stalled past ``lease_s``) or the
+        set was deleted by another replica: either way this copy must not go on (it would
+        publish over the new owner's work, or train a set nobody wants any more).
+        """
+        last_renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = self.registry.renew_lease(job_id, self.owner_id, self.lease_s)
+            except Exception:  # noqa: BLE001 - a busy/locked database: retry until the lease runs out
+                log.exception("renewing the lease on job %s failed", job_id)
+                held = time.monotonic() - last_renewed < self.lease_s
+            else:
+                last_renewed = time.monotonic() if held else last_renewed
+            if not held:
+                log.error("lost the lease on the registration of %r (job %s); stopping it on this replica",
+                          name, job_id)
+                job_task.cancel()
+                return
 
     async def _run_steps(self, name: str, job_id: str) -> None:
         record = self.registry.get(name)

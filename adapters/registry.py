@@ -3,6 +3,13 @@
 WAL mode so the gateway's readers (List/Get) never wait on the pipeline's writes, and every
 state change is one short transaction: after a crash the database says exactly which step a
 job had reached, which is what resume needs.
+
+Replicas share this file, so an unfinished job needs ONE owner: each job row carries a lease
+(``owner`` id + ``lease_until`` wall-clock time). A replica runs a job only after taking the
+lease in a ``BEGIN IMMEDIATE`` transaction (SQLite's write lock makes the check-and-take atomic
+across processes), renews it while the job runs, and another replica may take the job over
+only once the lease has expired (its owner died or hung). Files written before leases existed
+are migrated in place on open (the columns are added with "no owner" defaults).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +113,12 @@ class JobRecord:
     created_at: float
     updated_at: float
     report: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""  # replica holding the job's lease ("" = nobody)
+    lease_until: float = 0.0  # wall-clock time the lease expires unless renewed
+
+    def lease_free(self, now: float | None = None) -> bool:
+        """Nobody holds the lease, or its holder stopped renewing it."""
+        return not self.owner or self.lease_until <= (time.time() if now is None else now)
 
 
 _SCHEMA = """
@@ -139,12 +152,17 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_set ON jobs(set_name);
 """
+# Columns added after the first release: (table, column, declaration). Added on open if missing.
+_MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "lease_until", "REAL NOT NULL DEFAULT 0"),
+)
 
 _SET_FIELDS = (
     "name, description, subjects, method, keep_data, state, example_count, data_retained, job_id, "
     "error, adapter_version, detector_version, overlaps, created_at, updated_at"
 )
-_JOB_FIELDS = "id, set_name, state, fraction, message, attempts, created_at, updated_at, report"
+_JOB_FIELDS = "id, set_name, state, fraction, message, attempts, created_at, updated_at, report, owner, lease_until"
 
 
 def _set_from_row(row: Sequence[Any]) -> ForgetSetRecord:
@@ -160,6 +178,7 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     return JobRecord(
         id=row[0], set_name=row[1], state=State(row[2]), fraction=row[3], message=row[4],
         attempts=row[5], created_at=row[6], updated_at=row[7], report=json.loads(row[8]),
+        owner=row[9], lease_until=row[10],
     )
 
 
@@ -174,6 +193,16 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add columns a registry file written by an older version lacks (idempotent; the check
+        and the ALTER share one write transaction, so two replicas opening it cannot race)."""
+        with self._tx() as db:
+            for table, column, declaration in _MIGRATIONS:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -201,8 +230,14 @@ class Registry:
         keep_data: bool = False,
         example_count: int = 0,
         job_id: str | None = None,
+        owner: str = "",
+        lease_s: float = 0.0,
     ) -> tuple[ForgetSetRecord, JobRecord]:
-        """A new set in VALIDATING with its first job; ALREADY_EXISTS if the name is taken."""
+        """A new set in VALIDATING with its first job; ALREADY_EXISTS if the name is taken.
+
+        ``owner`` takes the job's lease in the same transaction, so no other replica can grab a
+        job between its creation and the first step of the replica that accepted it.
+        """
         validate_name(name)
         now = time.time()
         job_id = job_id or uuid.uuid4().hex[:16]
@@ -215,8 +250,9 @@ class Registry:
                  example_count, 1, job_id, "", 0, 0, "{}", now, now),
             )
             db.execute(
-                f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                (job_id, name, State.VALIDATING.value, 0.0, "accepted", 0, now, now, "{}"),
+                f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (job_id, name, State.VALIDATING.value, 0.0, "accepted", 0, now, now, "{}",
+                 owner, now + lease_s if owner else 0.0),
             )
         return self.get(name), self.job(job_id)
 
@@ -312,6 +348,42 @@ class Registry:
             if cursor.rowcount == 0:
                 raise UnknownForgetSetError(f"no forget set named {name!r}")
         return self.get(name)
+
+    # ---- job leases (one owner per unfinished job across replicas) --------------------------
+    def acquire_lease(
+        self, job_id: str, owner: str, lease_s: float, *, holder_dead: Callable[[str], bool] | None = None
+    ) -> bool:
+        """Take (or extend) the job's lease for ``owner`` if it is free, expired or already
+        ours; False while another owner's lease is live. Atomic across processes.
+
+        ``holder_dead(holder)`` may prove a live-looking holder dead (same-host crash) so its
+        job need not wait for the lease to expire.
+        """
+        if not owner:
+            raise ValueError("a lease owner id is required")
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJobError(f"no registration job with id {job_id!r}")
+            holder, until = row
+            if holder and holder != owner and until > now and not (holder_dead and holder_dead(holder)):
+                return False
+            db.execute("UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?", (owner, now + lease_s, job_id))
+        return True
+
+    def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Push our lease forward; False if it is no longer ours (taken over, or the job is gone)."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ?", (time.time() + lease_s, job_id, owner)
+            )
+        return cursor.rowcount == 1
+
+    def release_lease(self, job_id: str, owner: str) -> None:
+        """Give the job up at once (finished, or this replica shuts down); no-op if not ours."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET owner = '', lease_until = 0 WHERE id = ? AND owner = ?", (job_id, owner))
 
     def set_job_report(self, job_id: str, report: dict[str, Any]) -> None:
         with self._tx() as db:

@@ -44,9 +44,11 @@ def registration_detector_bank(detector_extractor: Any) -> Any:
 
 
 def make_pipeline(
-    root: Path, model_path: Path, backend: Any, detector: Any, *, training: TrainingSettings | None = None
+    root: Path, model_path: Path, backend: Any, detector: Any, *, training: TrainingSettings | None = None,
+    **options: Any,
 ) -> Any:
-    """A pipeline with its own policy store under ``root`` (callers ``await .start()``)."""
+    """A pipeline with its own policy store under ``root`` (callers ``await .start()``);
+    ``options`` go to RegistrationPipeline (e.g. ``sync_interval``, ``lease_s``)."""
     from oblivio.adapters.pipeline import RegistrationPipeline
     from oblivio.gateway.config import GateConfig
     from oblivio.gateway.policy_store import PolicyStore
@@ -59,6 +61,7 @@ def make_pipeline(
         detector=detector,
         training=training or tiny_training(),
         threads=1,
+        **options,
     )
 
 
