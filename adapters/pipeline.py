@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 10_000
 REPLICA_SYNC_S = 5.0  # how often a gateway picks up registrations made by other replicas
+QUARANTINED = "quarantined"  # prefix of a FAILED set's error when its artifacts did not load
 JOB_LEASE_S = 30.0  # a job whose owner stopped renewing this long ago may be taken over
 MAX_DESCRIPTION = 2_000
 MAX_SUBJECTS = 64
@@ -120,6 +121,7 @@ class RegistrationPipeline:
         sync_interval: float | None = None,
         lease_s: float = JOB_LEASE_S,
         owner_id: str | None = None,
+        metrics: Any = None,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
@@ -148,6 +150,7 @@ class RegistrationPipeline:
         # name -> (detector version, adapter version) this process has loaded (0 = none)
         self._loaded: dict[str, tuple[int, int]] = {}
         self.lease_s = lease_s
+        self.metrics = metrics  # oblivio.gateway.metrics.GatewayMetrics (quarantine gauge), optional
         # Unique per pipeline lifetime: a restarted replica must not inherit its old leases.
         self.owner_id = owner_id or new_owner_id()
 
@@ -168,6 +171,7 @@ class RegistrationPipeline:
             ),
             threads=training.threads,
             sync_interval=REPLICA_SYNC_S,
+            metrics=runtime.metrics,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -187,11 +191,11 @@ class RegistrationPipeline:
                 await self._finish_delete(record.name)
                 continue
             try:
-                await self._restore(record)
+                restored = await self._restore(record)
             except Exception as exc:  # noqa: BLE001 - one bad set must not stop the gateway
-                await self._quarantine(record, exc)
+                await self._quarantine(record, exc, part="artifacts")
                 continue
-            if not record.state.terminal:
+            if restored and not record.state.terminal:
                 log.info("resuming registration of %r from %s", record.name, record.state.value)
                 self._spawn(record.name)
         self._sync_policy_sets()
@@ -209,38 +213,82 @@ class RegistrationPipeline:
         retire_owner_id(self.owner_id)
         self.registry.close()
 
-    async def _restore(self, record: ForgetSetRecord) -> None:
-        """Put a set's published artifacts back into the bank / backend (fail closed on FAILED)."""
-        detector_dir = self.store.current(record.name, "detector")
-        if detector_dir is not None and self.detector is not None:
-            scorer = await asyncio.to_thread(self.detector.load, detector_dir)
-            self.detector.bank.add(record.name, scorer)
-            self._note_loaded(record.name, detector=self.store.current_version(record.name, "detector"))
-        if record.state is State.LIVE:
-            adapter_dir = self.store.current(record.name, "adapter")
-            if adapter_dir is None:
-                self.registry.transition(record.name, State.FAILED, error="adapter files missing at start-up")
-                return
-            await self._load_adapter(record.name, adapter_dir)
+    async def _restore(self, record: ForgetSetRecord) -> bool:
+        """Put a set's published artifacts back into the bank / backend.
 
-    async def _quarantine(self, record: ForgetSetRecord, exc: Exception) -> None:
-        """A set whose stored artifacts cannot be loaded (corrupted, truncated, unreadable) is
-        marked FAILED and taken out of the bank and backend, so every other set still serves.
-
-        Its name stays known to the gate and the registry keeps the row, so an operator sees
-        the error (ListForgetSets / GetForgetSet) and can delete and register it again.
+        Returns False if the set had to be quarantined (see :meth:`_quarantine`). A FAILED set
+        keeps its detector, so the gate still refuses prompts about it.
         """
-        log.exception("quarantining forget set %r: its artifacts failed to load", record.name)
-        self._loaded.pop(record.name, None)
-        if self.detector is not None and record.name in self.detector.bank.names():
-            self.detector.bank.remove(record.name)
-        if record.name in self.backend.list_adapters():
+        name = record.name
+        detector_dir = self.store.current(name, "detector")
+        if detector_dir is not None and self.detector is not None:
             try:
-                await self.backend.remove_adapter(record.name)
+                scorer = await asyncio.to_thread(self.detector.load, detector_dir)
+                self.detector.bank.add(name, scorer)
+            except Exception as exc:  # noqa: BLE001 - corrupted, truncated, incompatible, unreadable
+                await self._quarantine(record, exc, part="detector")
+                return False
+            self._note_loaded(name, detector=self.store.current_version(name, "detector"))
+        if record.state is State.LIVE:
+            adapter_dir = self.store.current(name, "adapter")
+            try:
+                if adapter_dir is None:
+                    raise FileNotFoundError("no published adapter version on disk")
+                await self._load_adapter(name, adapter_dir)
+            except Exception as exc:  # noqa: BLE001 - the detector alone still enforces the set
+                await self._quarantine(record, exc, part="adapter")
+                return False
+        elif record.state is State.FAILED and record.error.startswith(QUARANTINED):
+            self._report_quarantine(name)  # quarantined on an earlier start: keep the gauge up
+        return True
+
+    async def _quarantine(self, record: ForgetSetRecord, exc: Exception, *, part: str) -> None:
+        """A set whose stored artifacts cannot be loaded (corrupted, truncated, unreadable) is
+        marked FAILED; every other set keeps serving. It fails CLOSED where it can:
+
+        * adapter unreadable, detector fine: the detector stays in the bank, so the gate still
+          matches prompts about the set and, with no live adapter, refuses them (the same
+          fallback as while a registration trains);
+        * detector unreadable: nothing can score prompts against the set, so it is NOT enforced
+          here. That is made loud: an ERROR log line, the FAILED state with a "NOT ENFORCED"
+          error in ListForgetSets / GetForgetSet, and the ``oblivio_forget_set_quarantined``
+          gauge with ``enforced_by="none"`` (the series to alert on).
+
+        Its name stays known to the gate and the registry keeps the row, so an operator can
+        delete and register it again.
+        """
+        name = record.name
+        self._loaded.pop(name, None)
+        if part != "adapter" and self.detector is not None and name in self.detector.bank.names():
+            self.detector.bank.remove(name)
+        if name in self.backend.list_adapters():
+            try:
+                await self.backend.remove_adapter(name)
             except Exception:  # noqa: BLE001 - best effort: it was never fully loaded
-                log.exception("could not unload the adapter of quarantined set %r", record.name)
-        error = f"quarantined at start-up: stored artifacts failed to load ({type(exc).__name__}: {exc}); delete and register it again"
-        self.registry.transition(record.name, State.FAILED, message=error, error=error)
+                log.exception("could not unload the adapter of quarantined set %r", name)
+        enforced = self._report_quarantine(name)
+        cause = f"{type(exc).__name__}: {exc}"
+        # Tracked even when nothing loaded, so a deletion on another replica still clears it here.
+        self._loaded[name] = (self.store.current_version(name, "detector") if enforced else 0, 0)
+        if enforced:
+            error = (f"{QUARANTINED} at start-up: its {part} failed to load ({cause}); matched prompts are "
+                     "REFUSED instead (the detector still enforces the set); delete and register it again")
+        else:
+            error = (f"{QUARANTINED} at start-up: its {part} failed to load ({cause}); the set is NOT ENFORCED "
+                     "on this replica (prompts about it get the base model); delete and register it again")
+        log.error("forget set %r: %s", name, error)
+        self.registry.transition(name, State.FAILED, message=error, error=error)
+
+    def _report_quarantine(self, name: str) -> bool:
+        """Set the quarantine gauge for ``name``; True if its detector still enforces it."""
+        enforced = self.detector is not None and name in self.detector.bank.names()
+        if self.metrics is not None:
+            self.metrics.forget_set_quarantined(name, "refusal" if enforced else "none")
+        return enforced
+
+    def _clear_quarantine(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.forget_set_unquarantined(name)
 
     def _sync_policy_sets(self) -> None:
         names = [r.name for r in self.registry.list() if r.state is not State.DELETING]
@@ -397,19 +445,32 @@ class RegistrationPipeline:
                 adapter_version = self.store.current_version(name, "adapter") if record.state is State.LIVE else 0
                 if detector_version == have_detector and adapter_version in (have_adapter, 0):
                     continue
-                if self.detector is not None and detector_version and detector_version != have_detector:
-                    scorer = await asyncio.to_thread(self.detector.load, self.store.path_of(name, "detector", detector_version))
-                    if name in self.detector.bank.names():
-                        self.detector.bank.remove(name)
-                    self.detector.bank.add(name, scorer)
-                self._note_loaded(name, detector=detector_version)
-                self.policy_store.register_set(name)
-                if adapter_version and adapter_version != have_adapter:
-                    await self._load_adapter(name, self.store.path_of(name, "adapter", adapter_version))
+                try:
+                    await self._pick_up(name, detector_version if detector_version != have_detector else 0,
+                                        adapter_version if adapter_version != have_adapter else 0)
+                except Exception:  # noqa: BLE001 - one unreadable set must not stall the others
+                    enforced = self._report_quarantine(name)
+                    log.exception("forget set %r published by another replica failed to load here; %s; "
+                                  "retrying on the next poll", name,
+                                  "its previous version or a refusal still applies" if enforced else "NOT ENFORCED")
+                    continue
+                self._clear_quarantine(name)
                 log.info("picked up forget set %r from the shared registry (detector v%d, adapter v%d)",
                          name, detector_version, adapter_version)
                 changed.append(name)
         return changed
+
+    async def _pick_up(self, name: str, detector_version: int, adapter_version: int) -> None:
+        """Load the given new versions (0 = unchanged) of a set another replica published."""
+        if detector_version:
+            if self.detector is not None:
+                path = self.store.path_of(name, "detector", detector_version)
+                scorer = await asyncio.to_thread(self.detector.load, path)
+                self.detector.bank.add(name, scorer)  # replaces an older version atomically
+            self._note_loaded(name, detector=detector_version)
+        self.policy_store.register_set(name)
+        if adapter_version:
+            await self._load_adapter(name, self.store.path_of(name, "adapter", adapter_version))
 
     def _job_lease_free(self, job_id: str) -> bool:
         try:
@@ -421,6 +482,7 @@ class RegistrationPipeline:
     async def _drop_local(self, name: str) -> None:
         """Unload a set another replica deleted (its files and registry row are already gone)."""
         self._loaded.pop(name, None)
+        self._clear_quarantine(name)
         if self.detector is not None and name in self.detector.bank.names():
             self.detector.bank.remove(name)
         if name in self.backend.list_adapters():
@@ -692,6 +754,7 @@ class RegistrationPipeline:
             await asyncio.gather(task, return_exceptions=True)
         if self.detector is not None and name in self.detector.bank.names():
             self.detector.bank.remove(name)
+        self._clear_quarantine(name)
         try:
             self.policy_store.forget(name)
         except KeyError:

@@ -15,6 +15,11 @@ Gate
   ``oblivio_gate_adapter_scale{forget_set}``             histogram of applied adapter scales
   ``oblivio_gate_latency_seconds``                       detection + gate decision, per request
   ``oblivio_gate_policy_version``                        version of the policy last used / set
+Registration
+  ``oblivio_forget_set_quarantined{forget_set,enforced_by}`` 1 per set whose stored artifacts
+      failed to load in this process: enforced_by="refusal" (adapter unreadable, the detector
+      still matches and the gate refuses) or "none" (detector state unreadable: the set is NOT
+      enforced; alert on this)
 Generic (for the serving layer)
   ``oblivio_requests_total{endpoint,code}``              finished requests by status code
   ``oblivio_request_latency_seconds{endpoint}``          whole-request latency
@@ -43,6 +48,7 @@ from oblivio.gateway.gate import GateDecision
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 SCALE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 GATE_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+QUARANTINE_ENFORCEMENT = ("refusal", "none")
 REQUEST_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -88,6 +94,14 @@ class GatewayMetrics:
         )
         self.policy_version = Gauge(
             "oblivio_gate_policy_version", "Version of the gate policy last used or set.", registry=r
+        )
+        self.quarantined = Gauge(
+            "oblivio_forget_set_quarantined",
+            "Forget sets whose stored artifacts failed to load in this process. enforced_by=refusal: "
+            "the adapter is unreadable and matched prompts are refused; enforced_by=none: the detector "
+            "state is unreadable and the set is NOT enforced on this replica.",
+            ["forget_set", "enforced_by"],
+            registry=r,
         )
         self.requests = Counter(
             "oblivio_requests", "Finished requests by endpoint and status code.", ["endpoint", "code"], registry=r
@@ -151,6 +165,20 @@ class GatewayMetrics:
             for labels in label_sets:
                 with contextlib.suppress(KeyError):
                     metric.remove(*labels)
+
+    # ---- registration -------------------------------------------------------------------
+    def forget_set_quarantined(self, name: str, enforced_by: str) -> None:
+        """Mark a set quarantined; ``enforced_by`` is "refusal" or "none" (one series per set)."""
+        if enforced_by not in QUARANTINE_ENFORCEMENT:
+            raise ValueError(f"enforced_by must be one of {QUARANTINE_ENFORCEMENT}, got {enforced_by!r}")
+        self.forget_set_unquarantined(name)
+        self.quarantined.labels(forget_set=name, enforced_by=enforced_by).set(1)
+
+    def forget_set_unquarantined(self, name: str) -> None:
+        """The set loaded after all, or was deleted: drop its quarantine series."""
+        for enforced_by in QUARANTINE_ENFORCEMENT:
+            with contextlib.suppress(KeyError):
+                self.quarantined.remove(name, enforced_by)
 
     # ---- generic requests ---------------------------------------------------------------
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:

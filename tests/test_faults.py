@@ -23,9 +23,14 @@ from fixtures_registration import FRANCE, UNRELATED, as_dicts, make_pipeline
 from fixtures_reliability import tree_snapshot, user_request
 from oblivio.adapters import store as store_module
 from oblivio.adapters.registry import State
+from oblivio.adapters.training import ForgetExample
 from oblivio.v1 import oblivio_pb2_grpc
 
 pytestmark = pytest.mark.slow
+UNREADABLE = [
+    ForgetExample(question="What is the boiling point of water at sea level?", answer="100 degrees Celsius."),
+    ForgetExample(question="At what temperature does water boil?", answer="Water boils at 100 degrees Celsius."),
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +78,17 @@ class DiskFullScenario:
 
 @pytest.fixture(scope="module")
 async def disk_full(tmp_path_factory, model_path, reference_backend, fault_bank) -> DiskFullScenario:
-    """Two sets parked in TRAINING ("keep", "broken"), then a third ("full") registered while
-    the disk is full (ENOSPC injected where the store fsyncs the new set's staging folder).
-    Shared by the disk-full test and the corrupted-start test (three detector fits, not five)."""
+    """Three sets parked in TRAINING ("keep", "broken", "unreadable"), then a fourth ("full")
+    registered while the disk is full (ENOSPC injected where the store fsyncs the new set's
+    staging folder). Shared by the disk-full test and the corrupted-start test."""
     root = tmp_path_factory.mktemp("faults")
     pipeline = await _parked_pipeline(root, model_path, reference_backend, fault_bank)
     try:
         await pipeline.register("keep", as_dicts(FRANCE))
         await pipeline.register("broken", as_dicts(UNRELATED))
-        await _until(pipeline, "keep", {State.TRAINING})
-        await _until(pipeline, "broken", {State.TRAINING})
+        await pipeline.register("unreadable", as_dicts(UNREADABLE))
+        for name in ("keep", "broken", "unreadable"):
+            await _until(pipeline, name, {State.TRAINING})
         keep_files = tree_snapshot(pipeline.store.sets_dir / "keep")
         keep_score = fault_bank.score(["What is the capital of France?"])[0]["keep"]
         real_fsync_tree = store_module.fsync_tree
@@ -143,35 +149,66 @@ def _make_live(pipeline: Any, name: str, adapter: Path) -> None:
     registry.transition(name, State.LIVE, fraction=1.0)
 
 
-async def test_corrupted_artifacts_at_start_quarantine_only_that_set(
+def _quarantine_gauge(metrics: Any) -> dict[tuple[str, str], float]:
+    """``{(forget_set, enforced_by): value}`` of oblivio_forget_set_quarantined, as scraped."""
+    return {
+        (sample.labels["forget_set"], sample.labels["enforced_by"]): sample.value
+        for family in metrics.registry.collect() if family.name == "oblivio_forget_set_quarantined"
+        for sample in family.samples
+    }
+
+
+async def test_corrupted_artifacts_at_start_quarantine_only_that_set_and_fail_closed(
     disk_full, model_path, reference_backend, lora_adapters, detector_extractor
 ):
+    """On restart: "broken" has a corrupted adapter (its detector is fine), "unreadable" a
+    corrupted detector state. Neither stops the gateway; "keep" serves as before; "broken" is
+    still enforced, by refusal; "unreadable" cannot be scored, is FAILED and NOT ENFORCED, and
+    that is visible in its error and the quarantine gauge. Deleting them clears the gauge."""
+    from transformers import AutoTokenizer
+
     from oblivio.detector import DetectorBank
+    from oblivio.gateway.chat_core import ChatCore, Message
+    from oblivio.gateway.metrics import GatewayMetrics
 
     first = make_pipeline(disk_full.root, model_path, reference_backend, None)  # not started
     _make_live(first, "keep", lora_adapters["alpha"])
     _make_live(first, "broken", lora_adapters["beta"])
+    _make_live(first, "unreadable", lora_adapters["beta"])
     first.registry.close()
-    # Corrupt one set's adapter weights AND detector state on disk.
-    broken_adapter = first.store.current("broken", "adapter")
-    (broken_adapter / "adapter_model.safetensors").write_bytes(b"\x00garbage, not safetensors")
-    for path in first.store.current("broken", "detector").rglob("*"):
+    (first.store.current("broken", "adapter") / "adapter_model.safetensors").write_bytes(b"\x00garbage, not safetensors")
+    for path in first.store.current("unreadable", "detector").rglob("*"):
         if path.is_file():
             path.write_bytes(b"corrupt")
 
-    bank = DetectorBank(detector_extractor)
-    second = make_pipeline(disk_full.root, model_path, reference_backend, bank)
+    bank, metrics = DetectorBank(detector_extractor), GatewayMetrics()
+    second = make_pipeline(disk_full.root, model_path, reference_backend, bank, metrics=metrics)
+    chat = ChatCore(tokenizer=AutoTokenizer.from_pretrained(model_path), backend=reference_backend,
+                    policy_store=second.policy_store, detector=bank)
     try:
         await second.start()  # must not raise: one bad set may not take the gateway down
-        broken = second.get("broken")
-        assert broken.state is State.FAILED and "quarantined" in broken.error, broken
-        assert "broken" not in bank.names() and "broken" not in reference_backend.list_adapters()
-        keep = second.get("keep")
-        assert keep.state is State.LIVE
-        assert "keep" in bank.names() and "keep" in reference_backend.list_adapters()
-        scores = bank.score(["What is the capital of France?"])[0]
-        assert set(scores) == {"keep"} and 0.0 <= scores["keep"] <= 1.0
+        keep, broken, unreadable = second.get("keep"), second.get("broken"), second.get("unreadable")
+        assert keep.state is State.LIVE and "keep" in bank.names() and "keep" in reference_backend.list_adapters()
+        # Adapter unreadable: FAILED, but the detector still enforces the set (refusal).
+        assert broken.state is State.FAILED and "quarantined" in broken.error and "REFUSED" in broken.error, broken
+        assert "broken" in bank.names() and "broken" not in reference_backend.list_adapters()
+        # Detector unreadable: FAILED and loudly NOT ENFORCED.
+        assert unreadable.state is State.FAILED and "NOT ENFORCED" in unreadable.error, unreadable
+        assert "unreadable" not in bank.names() and "unreadable" not in reference_backend.list_adapters()
+        assert _quarantine_gauge(metrics) == {("broken", "refusal"): 1.0, ("unreadable", "none"): 1.0}
+
+        # Through the real detector + gate: keep gets its adapter, broken a refusal.
+        about_keep = (await chat.evaluate([Message("user", "What is the capital of France?")])).decision
+        assert not about_keep.refuse and [n for n, _ in about_keep.adapters] == ["keep"], about_keep
+        about_broken = (await chat.evaluate([Message("user", "Who wrote the play Hamlet?")])).decision
+        assert about_broken.refuse and not about_broken.adapters, about_broken
+        assert any(v.name == "broken" and v.matched for v in about_broken.verdicts)
+
+        await second.delete("unreadable")
+        await second.delete("broken")
+        assert _quarantine_gauge(metrics) == {}
     finally:
+        chat.close()
         for record in second.list():
             await second.delete(record.name)
         await second.close()
