@@ -51,7 +51,7 @@ from typing import Any
 
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.registry import ForgetSetRecord, Registry, State, UnknownForgetSetError
-from oblivio.adapters.store import ArtifactStore, atomic_write_bytes, validate_name
+from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class RegistrationPipeline:
             raise ValueError("lease_s must be positive")
         self.model_path = Path(model_path)
         self.root = Path(root)
-        self.store = ArtifactStore(self.root / "forget_sets")
+        self.store = ArtifactStore(self.root / STORE_SUBDIR)
         self.registry = Registry(self.root / "registry.db")
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,11 @@ class Published:
     path: Path
 
 
+# Where a server keeps its forget-set store inside its artifact directory; readers outside the
+# server (replicas' tools, the evaluation) find published artifacts through this.
+STORE_SUBDIR = "forget_sets"
+
+
 class ArtifactStore:
     """Atomic, versioned artifacts per forget set. Safe for one writer per set at a time."""
 
