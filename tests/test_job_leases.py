@@ -3,9 +3,10 @@
 Fast tests pin down the lease primitives (exclusive until expiry, renew, release, migration of
 a registry file written before leases existed, proof of a dead owner on this host). The slow
 test runs real pipelines over one artifact directory: while the owner renews, the other replica
-never runs the job; a replica that shuts down hands the job over at once; and a job whose owner
-vanished without a word (a lease nobody renews, held by a replica on another host) is taken by
-exactly one of two replicas, only after the lease expired, and finished there.
+never runs the job; a replica that shuts down hands the job over at once; an owner whose lease
+was taken stops its copy; and a job whose owner vanished without a word (a lease nobody renews,
+held by a replica on another host) is taken by exactly one of two replicas, only after the lease
+expired, and finished there.
 """
 
 from __future__ import annotations
@@ -144,13 +145,17 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path
         await replica_a.close()
         job = await _until(lambda: (j := replica_b.registry.job(record.job_id)).owner == replica_b.owner_id and j)
         assert job.attempts == 2 and replica_b.get(name).state is State.TRAINING
-        await replica_b.close()
 
-        # 3. The owner vanishes without a word (a replica on another host that stops renewing).
+        # 3. A replica on another host wrongly judged B dead and took the lease: B notices at its
+        #    next renewal and stops its copy of the job. Then that replica vanishes without a word.
         probe = Registry(root / "registry.db")
         try:
-            assert probe.acquire_lease(record.job_id, FOREIGN_OWNER, 2.0)
+            assert probe.acquire_lease(record.job_id, FOREIGN_OWNER, 4.0, holder_dead=lambda holder: True)
             expires = probe.job(record.job_id).lease_until
+            await _until(lambda: name not in replica_b._tasks, timeout=3 * lease)  # noqa: SLF001
+            await replica_b.close()
+            assert probe.job(record.job_id).owner == FOREIGN_OWNER  # B did not release a lease it lost
+            # 4. Two replicas start; neither may touch the job before the lease expires.
             replica_c = make_pipeline(root, model_path, reference_backend, None, **options)
             replica_d = make_pipeline(root, model_path, reference_backend, None, **options)
             await asyncio.gather(replica_c.start(), replica_d.start())

@@ -98,3 +98,52 @@ async def test_registration_on_one_replica_is_enforced_on_the_other(
         if "replica-france" in reference_backend.list_adapters():
             await reference_backend.remove_adapter("replica-france")
         await backend_b.close()
+
+
+def _publish_live(pipeline, name: str, adapter) -> None:  # type: ignore[no-untyped-def]
+    """What replica A's finished job leaves behind: a LIVE row and a published adapter."""
+    registry = pipeline.registry
+    if name not in [r.name for r in registry.list()]:
+        registry.create(name, method="refusal")
+        for state in (State.FITTING_DETECTOR, State.ENFORCING, State.TRAINING, State.PUBLISHING):
+            registry.transition(name, state)
+    published = pipeline.store.publish(name, "adapter", adapter, {"set": name})
+    registry.update_set(name, adapter_version=published.version)
+    if registry.get(name).state is State.PUBLISHING:
+        registry.transition(name, State.LOADING)
+        registry.transition(name, State.LIVE, fraction=1.0)
+
+
+async def test_a_set_that_fails_to_load_on_a_poll_does_not_hold_up_the_others(
+    tmp_path, model_path, reference_backend, lora_adapters
+):
+    """B's poll meets a corrupted adapter published by A: the other set still loads, the bad
+    one is counted in the quarantine gauge and retried, and a fixed version clears it."""
+    from oblivio.gateway.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    replica_a = make_pipeline(tmp_path, model_path, reference_backend, None)  # only writes the disk
+    replica_b = make_pipeline(tmp_path, model_path, reference_backend, None, metrics=metrics)
+    await replica_b.start()
+    try:
+        _publish_live(replica_a, "poll-bad", lora_adapters["alpha"])
+        _publish_live(replica_a, "poll-good", lora_adapters["beta"])
+        (replica_a.store.current("poll-bad", "adapter") / "adapter_model.safetensors").write_bytes(b"not weights")
+
+        assert await replica_b.sync_from_registry() == ["poll-good"]
+        assert "poll-good" in reference_backend.list_adapters()
+        assert "poll-bad" not in reference_backend.list_adapters()
+        gauge = {(s.labels["forget_set"], s.labels["enforced_by"]): s.value
+                 for f in metrics.registry.collect() if f.name == "oblivio_forget_set_quarantined" for s in f.samples}
+        assert gauge == {("poll-bad", "none"): 1.0}  # no detector in this replica: not enforced
+
+        _publish_live(replica_a, "poll-bad", lora_adapters["alpha"])  # A publishes a good version 2
+        assert await replica_b.sync_from_registry() == ["poll-bad"]
+        assert "poll-bad" in reference_backend.list_adapters()
+        assert not [f for f in metrics.registry.collect() if f.name == "oblivio_forget_set_quarantined"][0].samples
+    finally:
+        await replica_b.close()
+        replica_a.registry.close()
+        for name in ("poll-bad", "poll-good"):
+            if name in reference_backend.list_adapters():
+                await reference_backend.remove_adapter(name)
