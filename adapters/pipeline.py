@@ -515,11 +515,13 @@ class RegistrationPipeline:
         task.add_done_callback(lambda t, n=name: self._tasks.pop(n, None) if self._tasks.get(n) is t else None)
 
     async def _run(self, name: str) -> None:
-        record = self.registry.get(name)
-        job_id = record.job_id
-        if not self.registry.acquire_lease(job_id, self.owner_id, self.lease_s, holder_dead=owner_is_dead):
-            log.info("registration of %r runs on another replica (%s); not resuming it here",
-                     name, self.registry.job(job_id).owner)
+        try:
+            job_id = self.registry.get(name).job_id
+            acquired = self.registry.acquire_lease(job_id, self.owner_id, self.lease_s, holder_dead=owner_is_dead)
+        except LookupError:  # deleted (by another replica) before the job got going
+            return
+        if not acquired:
+            log.info("registration of %r (job %s) is owned by another replica; not running it here", name, job_id)
             return
         job_task = asyncio.current_task()
         assert job_task is not None
