@@ -181,3 +181,28 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path
                     replica._train_lock.release()  # noqa: SLF001
         if name in reference_backend.list_adapters():
             await reference_backend.remove_adapter(name)
+
+
+@pytest.mark.slow
+async def test_delete_on_another_replica_stops_the_owners_job(tmp_path, model_path, reference_backend):
+    """B deletes a set whose job A owns: A's next lease renewal finds the job gone and stops it
+    (a training there would be killed), and A's poll unloads whatever it had of the set."""
+    name, lease = "deleted-elsewhere", 1.0
+    options = dict(sync_interval=0.2, lease_s=lease)
+    replica_a = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
+    replica_b = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
+    await replica_a._train_lock.acquire()  # noqa: SLF001 - park A's job before the trainer
+    await replica_a.start()
+    await replica_b.start()
+    try:
+        await replica_a.register(name, as_dicts(FRANCE))
+        await _until(lambda: replica_a.get(name).state is State.TRAINING)
+        assert name in replica_a._tasks  # noqa: SLF001
+        await replica_b.delete(name)
+        await _until(lambda: name not in replica_a._tasks, timeout=3 * lease)  # noqa: SLF001
+        assert name not in [r.name for r in replica_a.list()]
+        assert replica_a.store.set_names() == [] and not any(replica_a.jobs_dir.iterdir())
+    finally:
+        for replica in (replica_a, replica_b):
+            await replica.close()
+        replica_a._train_lock.release()  # noqa: SLF001
