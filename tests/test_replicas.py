@@ -140,7 +140,7 @@ async def test_a_set_that_fails_to_load_on_a_poll_does_not_hold_up_the_others(
         _publish_live(replica_a, "poll-bad", lora_adapters["alpha"])  # A publishes a good version 2
         assert await replica_b.sync_from_registry() == ["poll-bad"]
         assert "poll-bad" in reference_backend.list_adapters()
-        assert not [f for f in metrics.registry.collect() if f.name == "oblivio_forget_set_quarantined"][0].samples
+        assert not next(f for f in metrics.registry.collect() if f.name == "oblivio_forget_set_quarantined").samples
     finally:
         await replica_b.close()
         replica_a.registry.close()
