@@ -266,31 +266,39 @@ def _privacy(data, extractor, pct, results, probe_feats, probe_raw, pos_all, n_n
     return rows
 
 
+COST_PROMPT = "Which town is Felix Ashavale originally from, and what did he write?"
+
+
+def scoring_latency(extractor, templates: dict, repeats: int, counts: tuple[int, ...] = (1, 2, 5, 10, 20)) -> list[tuple[str, int, float, float]]:  # type: ignore[no-untyped-def]
+    """(template, sets registered, median s, min s) of scoring one prompt; row 0 = features only.
+
+    Each template scorer is registered ``n`` times: scoring cost depends on a set's size, not its
+    content, so copies measure what ``n`` real sets of that size would cost.
+    """
+    from oblivio.detector import DetectorBank
+
+    prompt = [COST_PROMPT]
+    rows: list[tuple[str, int, float, float]] = [("-", 0, *_timings(lambda: extractor.extract(prompt), repeats))]
+    for key, template in templates.items():
+        bank = DetectorBank(extractor)
+        for n in counts:
+            while len(bank.names()) < n:
+                bank.add(f"set{len(bank.names())}", template)
+            rows.append((key, n, *_timings(lambda: bank.score(prompt), repeats)))
+    return rows
+
+
 def _cost(config, extractor, scorers, quick) -> tuple[list[tuple[str, int, float, float]], tuple[float, float]]:
     """Latency of scoring one prompt vs number of registered sets, and one 32-token generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oblivio.detector import DetectorBank
-
     LOG.info("cost: scoring latency vs registered sets, and one 32-token generation")
-    repeats = 5 if quick else 11
-    prompt = ["Which town is Felix Ashavale originally from, and what did he write?"]
-    rows: list[tuple[str, int, float, float]] = []
-    rows.append(("-", 0, *_timings(lambda: extractor.extract(prompt), repeats)))
     sizes = [k for k in ("forget01", "forget05") if k in scorers] or [next(iter(scorers))]
-    for key in sizes:
-        template = scorers[key]
-        bank = DetectorBank(extractor)
-        registered = 0
-        for n in (1, 2, 5, 10, 20):
-            while registered < n:
-                bank.add(f"set{registered}", template)  # same-size copies: cost depends on size, not content
-                registered += 1
-            rows.append((key, n, *_timings(lambda: bank.score(prompt), repeats)))
+    rows = scoring_latency(extractor, {key: scorers[key] for key in sizes}, 5 if quick else 11)
     tok = AutoTokenizer.from_pretrained(config.model_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=torch.float32).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt[0]}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template([{"role": "user", "content": COST_PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
 
     def generate() -> None:
         with torch.inference_mode():

@@ -19,6 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     build_parser(detector)
     detector.set_defaults(handler=_detector)
+    continual = actions.add_parser(
+        "continual",
+        help="sequential forget requests through a real server: forgetting, utility, TOFU metrics, cost",
+    )
+    from oblivio.eval.continual import add_arguments
+
+    add_arguments(continual)
+    continual.set_defaults(handler=_continual)
 
 
 def _detector(args: argparse.Namespace) -> int:
@@ -29,3 +37,9 @@ def _detector(args: argparse.Namespace) -> int:
     args.argv = ["oblivio", *sys.argv[1:]]
     print(run(args))
     return 0
+
+
+def _continual(args: argparse.Namespace) -> int:
+    from oblivio.eval.continual import run_from_args
+
+    return run_from_args(args, "oblivio eval continual")

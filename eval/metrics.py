@@ -70,9 +70,11 @@ def forget_quality(unlearned_ratios: Sequence[float], retain_model_ratios: Seque
     return float(ks_2samp(unlearned_ratios, retain_model_ratios).pvalue)
 
 
-def model_utility(answer_probability: float, rouge_l: float, truth_score: float) -> float:
-    """Harmonic mean; any component at 0 makes utility 0, as in TOFU."""
-    parts = [answer_probability, rouge_l, truth_score]
+def model_utility(*parts: float) -> float:
+    """Harmonic mean of the components (TOFU: probability, ROUGE-L and truth-ratio score on each
+    kept split); any component at 0 makes utility 0, as in TOFU."""
+    if not parts:
+        raise ValueError("model utility needs at least one component")
     if min(parts) <= 0:
         return 0.0
     return float(hmean(parts))

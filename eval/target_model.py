@@ -1,10 +1,16 @@
 """The models the evaluation needs: a target that knows the invented people, and a "retain"
 model that never saw the forget people (the reference for TOFU's Forget Quality).
 
-Both are the default base model fine-tuned with a LoRA on chat-templated question/answer
-pairs, merged into the weights and saved as a plain Hugging Face folder, so vLLM and the
-detector load them exactly like any other model. They are cached in the artifact directory
-under a key of everything that determines them; a second run reuses them.
+Both are fine-tuned with a LoRA on chat-templated question/answer pairs, merged into the
+weights and saved as a plain Hugging Face folder, so vLLM and the detector load them exactly
+like any other model. They are cached under a key of everything that determines them; a second
+run reuses them.
+
+Why the target is built on top of the retain model (:func:`evaluation_models`): on a 2-core CPU a
+fine-tune step costs seconds, and TOFU needs two models that differ only in the forget people.
+Training the retain model once and then teaching it the forget people (with as many retain
+questions replayed, so it does not drift) gives exactly that pair for the price of one model
+plus a small top-up, instead of two full fine-tunes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 import tempfile
 import time
@@ -22,8 +29,7 @@ from typing import Any
 
 import torch
 
-from oblivio.adapters.losses import refusal_loss as answer_cross_entropy
-from oblivio.adapters.training import TARGET_MODULES, batch_indices, collate_turns, encode_chat_turn
+from oblivio.adapters.training import IGNORE_INDEX, TARGET_MODULES, batch_indices, collate_turns, encode_chat_turn
 from oblivio.eval.entity_data import EntityDataset
 
 LOG = logging.getLogger(__name__)
@@ -45,16 +51,31 @@ class FinetuneSettings:
     threads: int = 2
 
 
-def cache_key(base_model: Path, dataset: EntityDataset, person_ids: Sequence[int], settings: FinetuneSettings) -> str:
+def cache_key(base_model: Path, dataset: EntityDataset, person_ids: Sequence[int], settings: FinetuneSettings,
+              replay_ids: Sequence[int] = ()) -> str:
     identity = {
         "base": str(Path(base_model).resolve()),
         "base_config": (Path(base_model) / "config.json").read_text(),
         "seed": dataset.seed,
         "people": len(dataset.people),
         "ids": sorted(person_ids),
+        "replay": sorted(replay_ids),
         "settings": asdict(settings),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy on answer tokens, with vocabulary logits computed only where an answer
+    token is predicted. Why: the 49k-word output layer over every position of a padded batch is
+    about a fifth of a step's compute and most of its memory traffic; answers are a third of
+    the tokens. Same loss as the full-logits version."""
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    predicted = targets != IGNORE_INDEX
+    logits = causal_lm.lm_head(hidden[:, :-1][predicted])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[predicted])
 
 
 def finetune_on_people(
@@ -64,14 +85,19 @@ def finetune_on_people(
     out_dir: Path,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: ProgressCallback | None = None,
+    replay_ids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Teach the model every question (fit and paraphrase templates) about ``person_ids``."""
+    """Teach the model every question (fit and paraphrase templates) about ``person_ids``,
+    mixed with as many questions about ``replay_ids`` (sampled), which it should keep knowing."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     items = dataset.items(person_ids)
     if not items:
         raise ValueError("no questions for the given people")
+    replay = dataset.items(replay_ids) if replay_ids else []
+    random.Random(settings.seed).shuffle(replay)
+    items = items + replay[: len(items)]
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -88,8 +114,7 @@ def finetune_on_people(
     model.train()
     for step in range(total):
         batch = collate_turns([encoded[i] for i in batch_indices(step, len(encoded), settings.batch_size, settings.seed)], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = answer_cross_entropy(logits, batch["labels"])
+        loss = answer_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -112,18 +137,37 @@ def cached_finetune(
     label: str,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: ProgressCallback | None = None,
+    replay_ids: Sequence[int] = (),
 ) -> Path:
     """The fine-tuned model folder, trained on first use and renamed into place atomically."""
-    target = Path(cache_root) / f"{label}-{cache_key(base_model, dataset, person_ids, settings)}"
+    target = Path(cache_root) / f"{label}-{cache_key(base_model, dataset, person_ids, settings, replay_ids)}"
     if (target / "finetune.json").exists():
         LOG.info("reusing %s model at %s", label, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{label}-") as tmp:
         staged = Path(tmp) / "model"
-        summary = finetune_on_people(base_model, dataset, person_ids, staged, settings, progress)
+        summary = finetune_on_people(base_model, dataset, person_ids, staged, settings, progress, replay_ids)
         (staged / "finetune.json").write_text(json.dumps({"label": label, **summary, "settings": asdict(settings)}, indent=2))
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
     return target
+
+
+def evaluation_models(
+    base_model: Path,
+    dataset: EntityDataset,
+    forget_ids: Sequence[int],
+    cache_root: Path,
+    settings: FinetuneSettings = FinetuneSettings(),
+    progress: Callable[[str], ProgressCallback] | None = None,
+) -> tuple[Path, Path]:
+    """``(retain, target)``: the retain model never saw ``forget_ids``; the target is the retain
+    model taught the forget people too (see the module docstring for why it is built that way)."""
+    retain_ids = dataset.retain_ids(forget_ids)
+    retain = cached_finetune(base_model, dataset, retain_ids, cache_root, "retain", settings,
+                             progress("retain") if progress else None)
+    target = cached_finetune(retain, dataset, forget_ids, cache_root, "target", settings,
+                             progress("target") if progress else None, replay_ids=retain_ids)
+    return retain, target

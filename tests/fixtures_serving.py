@@ -9,6 +9,7 @@ event loop as the tests, so a blocking client would deadlock.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,26 @@ def serving_config(model_path: Path, home: Path, **overrides: Any) -> OblivioCon
     return load_config(overrides=values, environ={})
 
 
+@asynccontextmanager
+async def started_gateway(config: Any, backend: Any, detector: Any = None) -> AsyncIterator[Any]:
+    """A Gateway (gRPC + HTTP on ephemeral ports) started over ``backend``, stopped on exit."""
+    from oblivio.gateway.server import Gateway
+
+    gateway = await Gateway.create(config, backend=backend, detector=detector)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop(grace=1)
+
+
 @pytest.fixture(scope="session")
 async def serving_gateway(
     model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Any]:
     """A started Gateway (gRPC + HTTP) without forget sets, over ``reference_backend``."""
-    from oblivio.gateway.server import Gateway
-
-    config = serving_config(model_path, tmp_path_factory.mktemp("serving_home"))
-    gateway = await Gateway.create(config, backend=reference_backend, detector=None)
-    await gateway.start()
-    yield gateway
-    await gateway.stop(grace=1)
+    async with started_gateway(serving_config(model_path, tmp_path_factory.mktemp("serving_home")), reference_backend) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="session")
@@ -84,15 +93,12 @@ async def gated_gateway(
     one fitted forget set ("serving-paris") whose adapter (a random rank-8 LoRA) is live in the
     shared reference backend."""
     from oblivio.detector import DetectorBank, fit_forget_set
-    from oblivio.gateway.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("gated_home"))
     bank = DetectorBank(detector_extractor)
     bank.add(GATED_SET, fit_forget_set(detector_extractor, list(GATED_TEXTS), name=GATED_SET))
     await reference_backend.add_adapter(GATED_SET, lora_adapters["alpha"])
-    gateway = await Gateway.create(config, backend=reference_backend, detector=bank)
-    gateway.runtime.policy_store.register_set(GATED_SET)
-    await gateway.start()
-    yield gateway
-    await gateway.stop(grace=1)
+    async with started_gateway(config, reference_backend, bank) as gateway:
+        gateway.runtime.policy_store.register_set(GATED_SET)
+        yield gateway
     await reference_backend.remove_adapter(GATED_SET)

@@ -160,12 +160,14 @@ async def test_teacher_forced_scores_match_what_generation_reported(loaded, chat
     answer = [c.token_ids[0] for c in chunks]
     reported = [c.logprobs[0][t] for c, t in zip(chunks, answer)]
     wrong = answer[:1] + [answer[1] + 1] + answer[2:]
-    scored, scored_wrong = await loaded.score_continuations(prompt, [answer, wrong], application)
+    other = chat_prompt("Name a famous painter.")  # a longer or shorter row pads the batch
+    scored, scored_wrong, _ = await loaded.score_continuations(
+        [(prompt, answer), (prompt, wrong), (other, answer[:2])], application)
     assert scored == pytest.approx(reported, abs=SAME_MODEL_LOGPROB_TOL)
     assert scored_wrong[0] == pytest.approx(scored[0], abs=SAME_MODEL_LOGPROB_TOL)
     assert scored_wrong[1] < scored[1]
     with pytest.raises(ValueError, match="non-empty"):
-        await loaded.score_continuations(prompt, [[]], application)
+        await loaded.score_continuations([(prompt, [])], application)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Pieces of the evaluation harness that can run at test size: fact keys and the cached
 fine-tune that produces the target / retain models."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,49 @@ def test_cached_finetune_builds_a_loadable_model_once(model_path: Path, tmp_path
     again = cached_finetune(model_path, dataset, [0], tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
     assert again == built and progress == [1, 2], "a second call must reuse the cached model"
     assert cache_key(model_path, dataset, [1], settings) not in built.name, "other people, other model"
+
+
+@pytest.mark.slow
+def test_target_is_the_retain_model_taught_the_forget_people(model_path: Path, tmp_path: Path) -> None:
+    """The retain model never sees the forget people; the target is built on it from the forget
+    people's questions plus as many replayed retain questions, and each is cached by content."""
+    from oblivio.eval.target_model import evaluation_models
+
+    dataset = build_dataset(seed=0, n_people=4)
+    settings = FinetuneSettings(epochs=0.02, batch_size=8, max_length=48, threads=1)  # 1 step each
+    retain, target = evaluation_models(model_path, dataset, [2], tmp_path, settings)
+    retain_run = json.loads((retain / "finetune.json").read_text())
+    target_run = json.loads((target / "finetune.json").read_text())
+    per_person = len(dataset.items([2]))
+    assert retain_run["examples"] == 3 * per_person, "retain: every question of the three kept people"
+    assert target_run["examples"] == 2 * per_person, "target: the forget person plus as many replayed"
+    assert retain.name.startswith("retain-") and target.name.startswith("target-")
+    assert evaluation_models(model_path, dataset, [2], tmp_path, settings) == (retain, target)
+    _, other_target = evaluation_models(model_path, dataset, [3], tmp_path, settings)
+    assert other_target != target
+
+
+def test_goals_are_judged_from_the_measurements() -> None:
+    from oblivio.eval.continual import Measurement
+    from oblivio.eval.continual_report import goals
+
+    def measured(request: int, config: str, forget: float, retain: float, utility: float) -> Measurement:
+        return Measurement(request, config, forget, 0.0, 0.0, 1.0, 0.5, retain, 0.8, 0.5, 0.5, 0.9, 0.3, utility,
+                           0.0, 0.0, 0.0, 1.0)
+
+    rows = [measured(0, "no_unlearning", 0.9, 0.80, 0.50)]
+    for request in (1, 2):
+        rows += [measured(request, "lora_always_on", 0.0, 0.10, 0.05),
+                 measured(request, "o3_sigmoid", 0.04, 0.60, 0.40),
+                 measured(request, "oblivio_gate", 0.04, 0.80, 0.50)]
+    judged = goals(rows)
+    assert len(judged) == 6 and all(ok for _, _, ok in judged), judged
+    rows[-1] = measured(2, "oblivio_gate", 0.2, 0.75, 0.45)
+    verdicts = [ok for _, _, ok in goals(rows)]
+    assert verdicts[0] is False, "20% forget accuracy is not <= 5%"
+    assert verdicts[1] is False, "5 points below the target is not within 1"
+    assert verdicts[5] is False, "better utility than O3 bought with worse forgetting does not count"
+    assert verdicts[4] is True, "MU 0.45 vs 0.05 is still a wide margin over LoRA always on"
 
 
 def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None:

@@ -48,3 +48,6 @@ def test_model_utility_is_a_harmonic_mean_that_collapses_with_any_zero() -> None
     assert model_utility(0.5, 0.5, 0.5) == pytest.approx(0.5)
     assert model_utility(1.0, 0.5, 0.25) == pytest.approx(3 / (1 + 2 + 4))
     assert model_utility(0.9, 0.9, 0.0) == 0.0
+    assert model_utility(1.0, 0.5, 0.25, 0.5, 1.0) == pytest.approx(5 / (1 + 2 + 4 + 2 + 1))
+    with pytest.raises(ValueError):
+        model_utility()

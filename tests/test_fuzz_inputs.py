@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures_reliability import registration_messages, stream_of, user_request
-from fixtures_serving import serving_config
+from fixtures_serving import serving_config, started_gateway
 from oblivio.adapters.store import NAME_PATTERN
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
@@ -45,13 +45,9 @@ BAD_GRPC = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 @pytest.fixture(scope="module")
 async def fuzz_gateway(model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
-    from oblivio.gateway.server import Gateway
-
-    config = serving_config(model_path, tmp_path_factory.mktemp("fuzz_home"))
-    gateway = await Gateway.create(config, backend=reference_backend, detector=None)
-    await gateway.start()
-    yield gateway
-    await gateway.stop(grace=1)
+    """Private to this module: fuzzed admin calls change its policies."""
+    async with started_gateway(serving_config(model_path, tmp_path_factory.mktemp("fuzz_home")), reference_backend) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -218,47 +218,47 @@ class ReferenceBackend:
 
     async def score_continuations(
         self,
-        prompt_token_ids: Sequence[int],
-        continuations: Sequence[Sequence[int]],
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
         application: AdapterApplication,
     ) -> list[list[float]]:
-        """Log-probability of every token of each continuation after the prompt (teacher forcing).
+        """Log-probability of every continuation token after its prompt (teacher forcing), for
+        each ``(prompt ids, continuation ids)`` pair, all under the same adapters and scales.
 
         Why here: TOFU's truth ratio and answer probability need the likelihood of *given*
         answers under exactly the adapters and scales a gate chose, which sampling cannot give.
-        All continuations share one batched forward pass.
+        The pairs share one right-padded forward pass, which is what makes scoring hundreds of
+        answers affordable on a CPU.
         """
         self._require_started()
         adapters = normalize_application(application, self._adapters)
-        prompt = [int(t) for t in prompt_token_ids]
-        tails = [[int(t) for t in c] for c in continuations]
-        if not prompt or not tails or any(not t for t in tails):
-            raise ValueError("scoring needs a non-empty prompt and non-empty continuations")
-        if len(prompt) + max(map(len, tails)) > self.max_model_len:
-            raise ValueError(f"prompt plus continuation exceed max_model_len {self.max_model_len}")
+        rows = [([int(t) for t in prompt], [int(t) for t in tail]) for prompt, tail in pairs]
+        if not rows or any(not prompt or not tail for prompt, tail in rows):
+            raise ValueError("scoring needs non-empty prompts and non-empty continuations")
+        if max(len(prompt) + len(tail) for prompt, tail in rows) > self.max_model_len:
+            raise ValueError(f"a prompt plus its continuation exceeds max_model_len {self.max_model_len}")
         async with self._lock:
             self._require_started()
-            return await asyncio.to_thread(self._score, prompt, tails, adapters)
+            return await asyncio.to_thread(self._score, rows, adapters)
 
     def _score(
-        self, prompt: list[int], tails: list[list[int]], adapters: tuple[tuple[str, float], ...]
+        self, rows: list[tuple[list[int], list[int]]], adapters: tuple[tuple[str, float], ...]
     ) -> list[list[float]]:
-        width = len(prompt) + max(map(len, tails))
-        ids = torch.zeros((len(tails), width), dtype=torch.long)
+        width = max(len(prompt) + len(tail) for prompt, tail in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, tail in enumerate(tails):
-            sequence = prompt + tail
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
+        for row, (prompt, tail) in enumerate(rows):
+            ids[row, : len(prompt) + len(tail)] = torch.tensor(prompt + tail)
+            mask[row, : len(prompt) + len(tail)] = 1
         with torch.inference_mode(), self._activate(adapters):
-            logits = self._model(input_ids=ids, attention_mask=mask).logits.float()
-        # Position p predicts token p + 1: the continuation's tokens are predicted from
-        # positions len(prompt) - 1 ... len(prompt) + len(tail) - 2.
-        logprobs = torch.log_softmax(logits[:, len(prompt) - 1 : -1], dim=-1)
-        return [
-            logprobs[row, torch.arange(len(tail)), torch.tensor(tail)].tolist()
-            for row, tail in enumerate(tails)
-        ]
+            logits = self._model(input_ids=ids, attention_mask=mask).logits
+        scores = []
+        for row, (prompt, tail) in enumerate(rows):
+            # Position p predicts token p + 1: the continuation is predicted from positions
+            # len(prompt) - 1 ... len(prompt) + len(tail) - 2.
+            predicting = logits[row, len(prompt) - 1 : len(prompt) + len(tail) - 1].float()
+            logprobs = torch.log_softmax(predicting, dim=-1)
+            scores.append(logprobs[torch.arange(len(tail)), torch.tensor(tail)].tolist())
+        return scores
 
     async def _stream(
         self,
