@@ -91,9 +91,11 @@ def test_engine_args_come_from_engine_config(tmp_path):
         overrides={"engine.max_lora_rank": 16, "engine.max_loras": 3, "engine.memory_share": 0.3}, environ=env
     )
     args = build_backend(config).engine_args()
-    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3
-    assert args.max_cpu_loras == config.engine.max_cpu_loras and args.gpu_memory_utilization == 0.3
     from vllm.platforms import current_platform
+
+    null_slot = 1 if current_platform.is_cpu() else 0  # the null adapter's slot (module docstring)
+    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3 + null_slot
+    assert args.max_cpu_loras == config.engine.max_cpu_loras + null_slot and args.gpu_memory_utilization == 0.3
 
     if current_platform.is_cpu():  # the share sizes the KV cache explicitly (see cpu_kv_cache_bytes)
         assert args.kv_cache_memory_bytes == cpu_kv_cache_bytes(0.3) > 0
@@ -213,6 +215,34 @@ async def test_adapters_come_and_go_while_eight_requests_stream(both, lora_adapt
 
 
 @pytest.mark.slow
+async def test_base_requests_batched_with_adapter_requests_get_no_adapter(both, chat_prompt):
+    """A request without adapters must see the base model even while adapter requests fill
+    every LoRA slot of the batch (vLLM's CPU kernels once gave it the last slot's adapter)."""
+    vllm, _ = both
+    base_ids = chat_prompt("Name three colours of the rainbow.")
+    other_ids = chat_prompt("Tell me a story about a lighthouse keeper.")
+    greedy = SamplingSettings(max_tokens=12)
+    alone = tokens(await collect(vllm, base_ids, greedy))
+    slots = vllm.engine_args().max_loras
+    plans = [(("alpha", 1.0),), (("beta", 1.0),), (("alpha", 0.5),), (("beta", 0.5),),
+             (("alpha", 0.5), ("beta", 0.5))][:slots]
+    assert len(plans) == slots, "not enough distinct variants to fill every slot"
+    for plan in plans:  # build every variant first, so the adapter streams start together
+        await collect(vllm, other_ids, SamplingSettings(max_tokens=1), plan)
+    streaming = [asyncio.Event() for _ in plans]
+
+    async def adapter_stream(plan, started):
+        async for _ in vllm.generate(other_ids, SamplingSettings(max_tokens=64), AdapterApplication(plan), "fill"):
+            started.set()
+
+    fillers = [asyncio.create_task(adapter_stream(plan, event)) for plan, event in zip(plans, streaming)]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), 120)
+    during = await asyncio.gather(*(collect(vllm, base_ids, greedy) for _ in range(2)))
+    await asyncio.gather(*fillers)
+    assert [tokens(chunks) for chunks in during] == [alone, alone]
+
+
+@pytest.mark.slow
 async def test_closing_the_stream_aborts_in_the_engine(both, chat_prompt):
     vllm, _ = both
     stream = vllm.generate(
@@ -251,7 +281,7 @@ async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
         # alpha@0.25 was used again after alpha@0.5, so alpha@0.5 (and older) went first.
         assert simple == [(("alpha", 0.25),), (("beta", 0.5),), (("alpha", 0.25), ("beta", 0.25))]
         assert len(set(ids_by_key.values())) == len(ids_by_key)  # unique, never reused
-        folders = {p.name for p in vllm._variant_dir.iterdir() if p.is_dir()}
+        folders = {p.name for p in vllm._variant_dir.iterdir() if p.is_dir()} - {"null"}  # the CPU null adapter
         assert folders == {f"lora-{v.lora_id}" for v in live}  # evicted variants' folders are gone
     finally:
         vllm.engine_config = original

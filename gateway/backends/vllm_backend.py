@@ -15,6 +15,14 @@ Variants are built lazily on first use, registered with ``add_lora``, cached and
 so the engine's caches can never confuse two variants. Adapters are added and removed while the
 engine runs; removal retires a variant that requests still use and disposes of it when the last
 one finishes, so no in-flight request loses its adapter.
+
+On CPU, requests without an adapter run under an all-zero *null* adapter once any adapter was
+loaded. vLLM's CPU LoRA kernels (``vllm/lora/ops/torch_ops``) gather each token's slot weights
+with ``lora_b_weights[lora_indices]``, and a request without LoRA has slot index -1, which
+torch indexing turns into the LAST slot: a base-model request batched with adapter requests
+silently got whichever adapter sat in that slot (found by the continual evaluation: kept
+people's questions answered with the unlearning refusal while the gate applied nothing). The
+null adapter gives every request a real slot; the engine gets one extra slot for it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 
 from oblivio.adapters.variants import (
     AdapterFormatError,
+    build_null,
     build_scaled,
     build_stacked,
     max_rank,
@@ -112,6 +121,8 @@ class VLLMBackend:
         self._lora_ids = itertools.count(1)
         # Live variants, least recently used first.
         self._variants: OrderedDict[VariantKey, _Variant] = OrderedDict()
+        # What base-model requests run under (see the module docstring); None = no LoRA at all.
+        self._null_lora: Any = None
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -126,8 +137,8 @@ class VLLMBackend:
         args: dict[str, Any] = dict(
             model=str(self.model_path),
             enable_lora=True,
-            max_loras=cfg.max_loras,
-            max_cpu_loras=cfg.max_cpu_loras,
+            max_loras=cfg.max_loras + (1 if current_platform.is_cpu() else 0),  # + the null adapter
+            max_cpu_loras=cfg.max_cpu_loras + (1 if current_platform.is_cpu() else 0),
             max_lora_rank=cfg.max_lora_rank,
             gpu_memory_utilization=cfg.memory_share,
             dtype=cfg.dtype,
@@ -175,6 +186,7 @@ class VLLMBackend:
                     await handler
             await asyncio.to_thread(engine.shutdown)
         self._variants.clear()
+        self._null_lora = None
         if self._variant_dir is not None:
             shutil.rmtree(self._variant_dir, ignore_errors=True)
 
@@ -234,6 +246,7 @@ class VLLMBackend:
             key: VariantKey = ((name, adapter.version, self.scale_grid[-1]),)
             self._adapters[name] = adapter
             try:
+                await self._ensure_null_lora(path)
                 await self._create_variant(key)
             except Exception as exc:
                 if previous is None:
@@ -244,6 +257,20 @@ class VLLMBackend:
                 raise ValueError(f"vLLM cannot load adapter {name!r} from {path}: {exc}") from exc
             if previous is not None:
                 await self._retire(lambda v: name in v.names and v.key != key)
+
+    async def _ensure_null_lora(self, template: Path) -> None:
+        """On CPU, register the zero adapter base requests will use (lock held), once."""
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+
+        if self._null_lora is not None or not current_platform.is_cpu():
+            return
+        assert self._variant_dir is not None
+        folder = await asyncio.to_thread(build_null, template, self._variant_dir / "null")
+        lora_id = next(self._lora_ids)
+        null = LoRARequest(lora_name=f"null#{lora_id}", lora_int_id=lora_id, lora_path=str(folder))
+        await self._require_engine().add_lora(null)
+        self._null_lora = null
 
     async def remove_adapter(self, name: str) -> None:
         """Forget ``name``; its variants leave the engine once no request uses them."""
@@ -407,7 +434,7 @@ class VLLMBackend:
             TokensPrompt(prompt_token_ids=prompt),
             params,
             request_id=engine_request_id,
-            lora_request=variant.lora if variant is not None else None,
+            lora_request=variant.lora if variant is not None else self._null_lora,
         )
         try:
             async for output in outputs:
