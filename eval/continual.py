@@ -33,7 +33,14 @@ from oblivio.eval.entity_data import EntityDataset, QAItem, build_dataset
 from oblivio.eval.facts import item_key_values
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
 from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
-from oblivio.eval.server_client import complete_all, connect, register_and_wait, set_default_policy, start_server
+from oblivio.eval.server_client import (
+    TRAINING_METHODS,
+    complete_all,
+    connect,
+    register_and_wait,
+    set_default_policy,
+    start_server,
+)
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +73,8 @@ class RunSettings:
     # Fixed optimizer steps per registration (the server's training.steps); None = its default
     # (5 epochs). Smaller runs shrink it: it decides how well each request is unlearned.
     registration_steps: int | None = None
+    # How each request's adapter is trained: refusal (O3), npo or ihl (see adapters/losses.py).
+    method: str = "refusal"
 
     @classmethod
     def quick(cls) -> "RunSettings":
@@ -254,7 +263,7 @@ async def _run_sequence(target_model: Path, retain_model: Path, dataset: EntityD
                 name = f"request-{number}"
                 pairs = [(q.question, q.answer) for q in dataset.items(people, paraphrase=False)]
                 print(f"registering {name}: {len(people)} people, {len(pairs)} examples", flush=True)
-                timings.append(await register_and_wait(admin, name, pairs, dataset.names(people)))
+                timings.append(await register_and_wait(admin, name, pairs, dataset.names(people), method=settings.method))
                 probes = replace(probes, forget=_forget_probes(dataset, requests[:number], settings.probes_per_split))
                 for config, changes in GATE_CONFIGS.items():
                     await set_default_policy(admin, **changes)
@@ -328,6 +337,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--people", type=int, help="number of invented people (overrides the preset)")
     parser.add_argument("--requests", type=int, help="number of sequential forget requests")
     parser.add_argument("--epochs", type=float, help="fine-tune epochs of the retain and target models")
+    parser.add_argument("--method", choices=sorted(TRAINING_METHODS), help="how each request's adapter is trained (default refusal)")
     parser.add_argument("--no-gateway-benchmark", action="store_true", help="skip gateway vs direct vLLM (minutes)")
     parser.add_argument("--model", type=Path, help="base model folder (default: the fetched default model)")
     parser.add_argument("--out", type=Path, default=Path("eval/reports/continual"))
@@ -347,6 +357,8 @@ def run_from_args(args: Any, program: str) -> int:
         settings = replace(settings, n_requests=args.requests)
     if args.epochs:
         settings = replace(settings, finetune=replace(settings.finetune, epochs=args.epochs))
+    if args.method:
+        settings = replace(settings, method=args.method)
     if args.no_gateway_benchmark:
         settings = replace(settings, gateway_benchmark=False)
     base = args.model or load_config().model_path

@@ -78,21 +78,24 @@ async def connect(target: str) -> AsyncIterator[tuple[pb_grpc.ChatStub, pb_grpc.
         yield pb_grpc.ChatStub(channel), pb_grpc.AdminStub(channel)
 
 
+TRAINING_METHODS = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
+
+
 def _register_stream(name: str, pairs: Sequence[tuple[str, str]], subjects: Sequence[str],
-                     description: str) -> Iterable[pb.RegisterForgetSetRequest]:
+                     description: str, method: str = "refusal") -> Iterable[pb.RegisterForgetSetRequest]:
     yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(
-        name=name, description=description, subjects=list(subjects), method=pb.TRAINING_METHOD_REFUSAL))
+        name=name, description=description, subjects=list(subjects), method=TRAINING_METHODS[method]))
     for start in range(0, len(pairs), REGISTRATION_CHUNK):
         chunk = [pb.Example(qa=pb.QAPair(question=q, answer=a)) for q, a in pairs[start:start + REGISTRATION_CHUNK]]
         yield pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(examples=chunk))
 
 
 async def register_and_wait(admin: pb_grpc.AdminStub, name: str, pairs: Sequence[tuple[str, str]],
-                            subjects: Sequence[str], description: str = "",
+                            subjects: Sequence[str], description: str = "", method: str = "refusal",
                             on_event=print) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Register a forget set and follow it to LIVE; returns seconds to ENFORCING and to LIVE."""
     started = time.monotonic()
-    await admin.RegisterForgetSet(_register_stream(name, pairs, subjects, description))
+    await admin.RegisterForgetSet(_register_stream(name, pairs, subjects, description, method))
     timings: dict[str, float] = {}
     async for event in admin.WatchRegistration(pb.WatchRegistrationRequest(name=name)):
         state = pb.RegistrationState.Name(event.state).removeprefix("REGISTRATION_STATE_").lower()
