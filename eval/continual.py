@@ -362,7 +362,7 @@ def run_from_args(args: Any, program: str) -> int:
     if args.no_gateway_benchmark:
         settings = replace(settings, gateway_benchmark=False)
     base = args.model or load_config().model_path
-    argv = " ".join(sys.argv[1:]) if program.startswith("python") else " ".join(sys.argv[2:])
+    argv = " ".join(sys.argv[1:]) if program.startswith("python") else " ".join(sys.argv[3:])  # after "eval continual"
     report = run(settings, args.out, base, args.cache, f"{program} {argv}".strip())
     print(f"report: {report}")
     return 0

@@ -48,9 +48,10 @@ def goals(measurements: Sequence[Measurement]) -> list[tuple[str, str, bool]]:
          f"{ours.general_accuracy:.1%} vs {base.general_accuracy:.1%} ({general_gap * 100:+.1f} pt)", abs(general_gap) <= 0.01),
         ("Forget Quality >= 0.05 on the first (forget01-sized) request",
          f"p = {first.forget_quality:.3g} (target before unlearning: {base.forget_quality:.3g})", first.forget_quality >= 0.05),
-        ("gate beats LoRA-always-on on utility by a wide margin (>= 0.1 model utility)",
-         f"MU {ours.model_utility:.3f} vs {always.model_utility:.3f}; retain acc {ours.retain_accuracy:.1%} vs "
-         f"{always.retain_accuracy:.1%}", ours.model_utility - always.model_utility >= 0.1),
+        ("gate beats LoRA-always-on on utility by a wide margin (MU gain >= half the target's MU)",
+         f"MU {ours.model_utility:.3f} vs {always.model_utility:.3f} (target {base.model_utility:.3f}); retain acc "
+         f"{ours.retain_accuracy:.1%} vs {always.retain_accuracy:.1%}",
+         ours.model_utility - always.model_utility >= 0.5 * base.model_utility),
         ("gate beats the O3-style gate on one axis without losing on the other",
          f"forget acc {ours.forget_accuracy:.1%} vs {o3.forget_accuracy:.1%}; MU {ours.model_utility:.3f} vs "
          f"{o3.model_utility:.3f}", (forget_better and not utility_worse) or (utility_better and not forget_worse)),
@@ -188,8 +189,9 @@ rising with the score), `oblivio_gate` (the default policy: threshold 0.5, then 
 {cost_text}
 """
     (out_dir / "report.json").write_text(json.dumps({
-        "command": command, "settings": settings, "models": models, "timings": timings,
-        "measurements": [asdict(m) for m in measurements], "scores": asdict(scores)}, indent=2))
+        "command": command, "settings": settings, "models": models, "timings": timings, "requests": requests,
+        "cost": cost, "seconds": seconds, "measurements": [asdict(m) for m in measurements],
+        "scores": asdict(scores)}, indent=2))
     path = out_dir / "report.md"
     path.write_text(text)
     return path

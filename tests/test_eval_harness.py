@@ -2,6 +2,7 @@
 fine-tune that produces the target / retain models."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,9 @@ def test_goals_are_judged_from_the_measurements() -> None:
     assert verdicts[0] is False, "20% forget accuracy is not <= 5%"
     assert verdicts[1] is False, "5 points below the target is not within 1"
     assert verdicts[5] is False, "better utility than O3 bought with worse forgetting does not count"
-    assert verdicts[4] is True, "MU 0.45 vs 0.05 is still a wide margin over LoRA always on"
+    assert verdicts[4] is True, "MU 0.45 vs 0.05 is still a wide margin (>= 0.25) over LoRA always on"
+    rows[1:] = [replace(row, model_utility=0.3) if row.config == "lora_always_on" else row for row in rows[1:]]
+    assert goals(rows)[4][2] is False, "0.45 vs 0.3 is not: half the target's 0.5 is 0.25"
 
 
 def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None:
