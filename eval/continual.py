@@ -80,8 +80,8 @@ class RunSettings:
     def quick(cls) -> "RunSettings":
         """A CI-sized check of the whole path: the same people and cached models as the full run
         (fine-tuning them is the one slow step, paid once), fewer probes, 6 training steps per
-        request, no gateway benchmark."""
-        return cls(probes_per_split=8, gateway_benchmark=False, registration_steps=6)
+        request, 12-token answers (the key fact comes first), no gateway benchmark."""
+        return cls(probes_per_split=6, max_tokens=12, gateway_benchmark=False, registration_steps=6)
 
 
 @dataclass
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_arguments(parser: Any) -> None:
     from oblivio.gateway.config import oblivio_home
 
-    parser.add_argument("--quick", action="store_true", help="CI-sized run: 8 probes per split, 6 training steps per request, no gateway benchmark")
+    parser.add_argument("--quick", action="store_true", help="CI-sized run: 6 probes per split, 12-token answers, 6 training steps per request, no gateway benchmark")
     parser.add_argument("--people", type=int, help="number of invented people (overrides the preset)")
     parser.add_argument("--requests", type=int, help="number of sequential forget requests")
     parser.add_argument("--epochs", type=float, help="fine-tune epochs of the retain and target models")
