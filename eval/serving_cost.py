@@ -28,22 +28,21 @@ def gateway_overhead(model: Path, out_path: Path, log_path: Path) -> str:
     return out_path.read_text()
 
 
-def detector_latency(model: Path, artifacts_dir: Path, set_names: list[str], quick: bool) -> str:
+def detector_latency(model: Path, artifacts_dir: Path, set_names: list[str], repeats: int) -> str:
     """Markdown table: scoring one prompt against 1..20 sets the size of this run's sets."""
     from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
     from oblivio.detector import ForgetSetScorer
     from oblivio.gateway.config import load_config
-    from oblivio.gateway.runtime import build_detector
+    from oblivio.gateway.runtime import build_feature_extractor
 
     store = ArtifactStore(artifacts_dir / STORE_SUBDIR)
-    config = load_config(overrides={"model.path": str(model)})
-    extractor = build_detector(config).extractor
+    extractor = build_feature_extractor(load_config(overrides={"model.path": str(model)}))
     templates = {}
     for name in set_names[:1]:  # all requests have the same size; one template is enough
         folder = store.current(name, "detector")
         if folder is not None:
             templates[name] = ForgetSetScorer.load(folder)
-    rows = scoring_latency(extractor, templates, 5 if quick else 11)
+    rows = scoring_latency(extractor, templates, repeats)
     lines = ["| sets registered (copies of) | scoring one prompt, median ms | min ms |", "|---|---|---|"]
     for key, count, median, least in rows:
         label = "features only" if count == 0 else f"{count} ({key})"

@@ -9,12 +9,15 @@ started (the session-scoped reference or vLLM backend) instead of loading a seco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oblivio.gateway.backends.base import GenerationBackend
 from oblivio.gateway.chat_core import ChatCore, ScoringBank
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.policy_store import PolicyStore
+
+if TYPE_CHECKING:  # torch and transformers load only when a detector is really built
+    from oblivio.detector import FeatureExtractor
 
 # Sentinel for "build the detector bank from config" (None means "run without a detector").
 BUILD_FROM_CONFIG: Any = object()
@@ -41,22 +44,28 @@ class Runtime:
             await self.backend.close()
 
 
-def build_detector(config: OblivioConfig) -> ScoringBank:
-    """The detector bank over the base model's early layers.
+def build_feature_extractor(config: OblivioConfig) -> FeatureExtractor:
+    """The shared detector forward: hidden states of the base model's early layers, pooled."""
+    from oblivio.detector import FeatureExtractor
 
-    Saved forget-set scorers are loaded into the bank by the registration pipeline on start
-    (it owns which sets exist), so a fresh bank starts empty here.
-    """
-    from oblivio.detector import DetectorBank, FeatureExtractor
-
-    extractor = FeatureExtractor.from_pretrained(
+    return FeatureExtractor.from_pretrained(
         config.model_path,
         layers=tuple(config.detector.layers),
         max_prompt_tokens=config.detector.max_prompt_tokens,
         projection_seed=config.detector.projection_seed,
         threads=config.detector.threads,
     )
-    return DetectorBank(extractor)
+
+
+def build_detector(config: OblivioConfig) -> ScoringBank:
+    """The detector bank over :func:`build_feature_extractor`.
+
+    Saved forget-set scorers are loaded into the bank by the registration pipeline on start
+    (it owns which sets exist), so a fresh bank starts empty here.
+    """
+    from oblivio.detector import DetectorBank
+
+    return DetectorBank(build_feature_extractor(config))
 
 
 def build_metrics() -> Any:

@@ -94,6 +94,16 @@ def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None
         assert policy.default.threshold == changes["threshold"], name
 
 
+def test_quick_run_compares_the_baseline_gates_after_the_last_request_only() -> None:
+    """What the goals compare (every gate after the last request, ours after the first) is
+    always measured; quick skips only the intermediate baseline measurements."""
+    from oblivio.eval.continual import GATE_CONFIGS, RunSettings
+
+    quick, full = RunSettings.quick(), RunSettings()
+    assert [quick.configs_after(r) for r in (1, 2, 3)] == [["oblivio_gate"], ["oblivio_gate"], list(GATE_CONFIGS)]
+    assert all(full.configs_after(r) == list(GATE_CONFIGS) for r in (1, 2, 3))
+
+
 def test_registration_stream_sends_header_then_bounded_chunks() -> None:
     from oblivio.eval.server_client import REGISTRATION_CHUNK, _register_stream
 
