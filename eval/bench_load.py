@@ -7,7 +7,10 @@ when its stream ends without a finish reason or fails; *wrong* when its text dif
 by the queue* when the server's bounded concurrency answers RESOURCE_EXHAUSTED / HTTP 503 (a
 deliberate refusal, counted separately and never silently).
 
-Run the full size (starts its own gateway over the reference backend, or vLLM with --backend)::
+The full size also registers a forget set (an invented person's 30 QA pairs, through the Admin
+API) as the streams start, so detector fitting and LoRA training compete with serving; its
+prompts are unrelated to the load's, whose answers must therefore not change. Run it (starts its
+own gateway over the reference backend, or vLLM with --backend)::
 
     python -m oblivio.eval.bench_load                         # 64 streams, 32 tokens
     python -m oblivio.eval.bench_load --streams 128 --max-tokens 64 --backend vllm
@@ -73,6 +76,8 @@ class LoadReport:
     latency_s: dict[str, float]
     first_token_s: dict[str, float]
     failures: list[str] = field(default_factory=list)
+    # Seconds from registering the in-flight forget set to each state it reached (empty: none).
+    registration_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -230,8 +235,38 @@ def render_markdown(report: LoadReport, backend: str) -> str:
         row("end-to-end latency", report.latency_s),
         row("time to first token", report.first_token_s),
         "",
+        *_registration_lines(report),
         *(f"- {f}" for f in report.failures[:20]),
     ]) + "\n"
+
+
+def _registration_lines(report: LoadReport) -> list[str]:
+    if not report.registration_s:
+        return []
+    timing = report.registration_s
+    live = timing.get("live", float("nan"))
+    during = "during" if live <= report.wall_s else "after"
+    return [f"Registration in flight: started with the streams, enforcing (detector live) after "
+            f"{timing.get('enforcing', float('nan')):.1f} s, adapter live after {live:.1f} s ({during} the "
+            f"{report.wall_s:.1f} s of load).", ""]
+
+
+async def load_with_registration(grpc_target: str, http_url: str, *, streams: int, max_tokens: int,
+                                 seed: int = 0) -> tuple[LoadReport, list[StreamResult]]:
+    """:func:`run_load` while one invented person is registered through the Admin API."""
+    from oblivio.eval.entity_data import build_dataset
+    from oblivio.eval.server_client import register_and_wait
+
+    dataset = build_dataset(seed=seed, n_people=4)
+    person = [dataset.people[0].pid]
+    pairs = [(q.question, q.answer) for q in dataset.items(person, paraphrase=False)]
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        admin = oblivio_pb2_grpc.AdminStub(channel)
+        registration = asyncio.create_task(register_and_wait(
+            admin, "load-test-person", pairs, dataset.names(person), on_event=LOG.info))
+        report, results = await run_load(grpc_target, http_url, streams=streams, max_tokens=max_tokens)
+        report.registration_s = await registration
+    return report, results
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -247,10 +282,11 @@ async def _main(args: argparse.Namespace) -> int:
             "server.max_concurrent_requests": max(args.streams, 1),
             "engine.backend": args.backend,
         }, environ={})
-        gateway = await Gateway.create(config, detector=None)
+        gateway = await Gateway.create(config)
         await gateway.start()
         try:
-            report, _ = await run_load(gateway.grpc_target, gateway.http_url, streams=args.streams, max_tokens=args.max_tokens)
+            report, _ = await load_with_registration(gateway.grpc_target, gateway.http_url, streams=args.streams,
+                                                     max_tokens=args.max_tokens)
         finally:
             await gateway.stop(grace=1)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
@@ -268,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    LOG.setLevel(logging.INFO)  # the registration's progress
     return asyncio.run(_main(args))
 
 

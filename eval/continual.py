@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_arguments(parser: Any) -> None:
     from oblivio.gateway.config import oblivio_home
 
-    parser.add_argument("--quick", action="store_true", help="CI-sized run: 6 probes per split, 12-token answers, 6 training steps per request, no gateway benchmark")
+    parser.add_argument("--quick", action="store_true", help="CI-sized run: 6 probes per split, 12-token answers, 6 training steps per request, baseline gates compared after the last request only, no gateway benchmark")
     parser.add_argument("--people", type=int, help="number of invented people (overrides the preset)")
     parser.add_argument("--requests", type=int, help="number of sequential forget requests")
     parser.add_argument("--epochs", type=float, help="fine-tune epochs of the retain and target models")

@@ -1,8 +1,9 @@
 """Bounded load tests on loopback (CI size); ``python -m oblivio.eval.bench_load`` is the full size.
 
 Every streamed answer is compared with the same prompt answered alone (greedy), so "zero lost
-or wrong" is checked per response. A concurrent registration under chat load is covered by
-tests/test_registration_e2e.py; here the bounded queue is exercised as well.
+or wrong" is checked per response, also while a forget set is registered through the Admin
+API (detector fit and LoRA training compete with serving; tests/test_registration_e2e.py checks
+what that registration then does to matching prompts). The bounded queue is exercised as well.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from fixtures_registration import tiny_training
 from fixtures_reliability import user_request
 from fixtures_serving import serving_config
-from oblivio.eval.bench_load import render_markdown, run_load
+from oblivio.eval.bench_load import load_with_registration, render_markdown, run_load
 from oblivio.v1 import oblivio_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -37,6 +39,38 @@ async def test_concurrent_streams_none_lost_or_wrong(serving_gateway, tmp_path) 
     assert {r.protocol for r in results} == {"grpc", "http"}
     assert all(r.text for r in results)
     assert 0 < report.latency_s["p50"] <= report.latency_s["p90"] <= report.latency_s["max"]
+
+
+@pytest.fixture(scope="module")
+async def registering_gateway(model_path: Path, reference_backend: Any, registration_detector_bank: Any,
+                              tmp_path_factory: pytest.TempPathFactory):
+    """A gateway with a real detector bank and registration pipeline (2 training steps)."""
+    from oblivio.adapters.pipeline import RegistrationPipeline
+    from oblivio.gateway.server import Gateway
+
+    config = serving_config(model_path, tmp_path_factory.mktemp("load_home"))
+    gateway = await Gateway.create(config, backend=reference_backend, detector=registration_detector_bank,
+                                   registration=False)
+    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=tiny_training(steps=2))
+    gateway.runtime.registration = pipeline
+    await pipeline.start()
+    await gateway.start()
+    yield gateway
+    for record in pipeline.list():
+        await pipeline.delete(record.name)
+    await gateway.stop(grace=1)
+
+
+async def test_streams_none_lost_or_wrong_while_a_registration_runs(registering_gateway) -> None:
+    report, results = await load_with_registration(
+        registering_gateway.grpc_target, registering_gateway.http_url, streams=CI_STREAMS, max_tokens=CI_TOKENS
+    )
+    assert report.failures == [] and report.clean and report.completed == CI_STREAMS
+    timing = report.registration_s
+    assert 0 < timing["enforcing"] <= timing["live"], timing  # it really went through to LIVE
+    assert "Registration in flight" in render_markdown(report, "reference")
+    live = [r.name for r in registering_gateway.runtime.registration.list()]
+    assert live == ["load-test-person"]
 
 
 @pytest.fixture(scope="module")
