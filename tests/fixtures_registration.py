@@ -6,7 +6,8 @@ batches of short sequences; the benchmark in eval/ does the full-size runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,23 @@ def make_pipeline(
 
 def as_dicts(examples: Sequence[ForgetExample]) -> list[dict[str, str]]:
     return [{k: v for k, v in vars(ex).items() if v} for ex in examples]
+
+
+@asynccontextmanager
+async def gateway_with_registration(config: Any, backend: Any, detector: Any, training: TrainingSettings) -> AsyncIterator[Any]:
+    """A started Gateway whose registration pipeline trains with ``training``; every set it
+    registered is deleted on exit, so the shared backend and detector bank come back clean."""
+    from oblivio.adapters.pipeline import RegistrationPipeline
+    from oblivio.gateway.server import Gateway
+
+    gateway = await Gateway.create(config, backend=backend, detector=detector, registration=False)
+    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=training)
+    gateway.runtime.registration = pipeline
+    await pipeline.start()
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        for record in pipeline.list():
+            await pipeline.delete(record.name)
+        await gateway.stop(grace=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fixtures_registration import tiny_training
+from fixtures_registration import gateway_with_registration, tiny_training
 from fixtures_reliability import user_request
 from fixtures_serving import serving_config
 from oblivio.eval.bench_load import load_with_registration, render_markdown, run_load
@@ -45,20 +45,10 @@ async def test_concurrent_streams_none_lost_or_wrong(serving_gateway, tmp_path) 
 async def registering_gateway(model_path: Path, reference_backend: Any, registration_detector_bank: Any,
                               tmp_path_factory: pytest.TempPathFactory):
     """A gateway with a real detector bank and registration pipeline (2 training steps)."""
-    from oblivio.adapters.pipeline import RegistrationPipeline
-    from oblivio.gateway.server import Gateway
-
     config = serving_config(model_path, tmp_path_factory.mktemp("load_home"))
-    gateway = await Gateway.create(config, backend=reference_backend, detector=registration_detector_bank,
-                                   registration=False)
-    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=tiny_training(steps=2))
-    gateway.runtime.registration = pipeline
-    await pipeline.start()
-    await gateway.start()
-    yield gateway
-    for record in pipeline.list():
-        await pipeline.delete(record.name)
-    await gateway.stop(grace=1)
+    async with gateway_with_registration(config, reference_backend, registration_detector_bank,
+                                         tiny_training(steps=2)) as gateway:
+        yield gateway
 
 
 async def test_streams_none_lost_or_wrong_while_a_registration_runs(registering_gateway) -> None:

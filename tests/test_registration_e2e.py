@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fixtures_registration import FRANCE, tiny_training
+from fixtures_registration import FRANCE, gateway_with_registration, tiny_training
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -54,21 +54,11 @@ def _registration_stream(name: str) -> AsyncIterator[pb.RegisterForgetSetRequest
 @pytest.fixture(scope="module")
 async def forget_gateway(model_path, reference_backend, registration_detector_bank, tmp_path_factory) -> Any:
     from fixtures_serving import serving_config
-    from oblivio.adapters.pipeline import RegistrationPipeline
-    from oblivio.gateway.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("forget_home"))
-    gateway = await Gateway.create(
-        config, backend=reference_backend, detector=registration_detector_bank, registration=False
-    )
-    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=tiny_training(steps=8))
-    gateway.runtime.registration = pipeline
-    await pipeline.start()
-    await gateway.start()
-    yield gateway
-    for record in pipeline.list():
-        await pipeline.delete(record.name)
-    await gateway.stop(grace=1)
+    async with gateway_with_registration(config, reference_backend, registration_detector_bank,
+                                         tiny_training(steps=8)) as gateway:
+        yield gateway
 
 
 @pytest.mark.slow
