@@ -172,8 +172,8 @@ that got an adapter or a refusal. Request 0 is the target with nothing registere
 
 Gates compared: `lora_always_on` (no gate: every prompt gets every adapter at scale 1),
 `o3_sigmoid` (O3's curve without its hand-made table: every prompt gets at least scale 0.25,
-rising with the score), `oblivio_gate` (the default policy: threshold 0.5, then 0.25 -> 1).
-{"" if settings.get("compare_every_request", True) else "This run measured the first two only after the last request (`--quick`)."}
+rising with the score), `oblivio_gate` (the default policy: threshold 0.5, then 0.25 -> 1).{
+"" if settings.get("compare_every_request", True) else " This run measured the first two after the last request only."}
 
 {_table(measurements)}
 
