@@ -51,7 +51,7 @@ def goals(measurements: Sequence[Measurement]) -> list[tuple[str, str, bool]]:
         ("gate beats LoRA-always-on on utility by a wide margin (MU gain >= half the target's MU)",
          f"MU {ours.model_utility:.3f} vs {always.model_utility:.3f} (target {base.model_utility:.3f}); retain acc "
          f"{ours.retain_accuracy:.1%} vs {always.retain_accuracy:.1%}",
-         ours.model_utility - always.model_utility >= 0.5 * base.model_utility),
+         ours.model_utility > always.model_utility and ours.model_utility - always.model_utility >= 0.5 * base.model_utility),
         ("gate beats the O3-style gate on one axis without losing on the other",
          f"forget acc {ours.forget_accuracy:.1%} vs {o3.forget_accuracy:.1%}; MU {ours.model_utility:.3f} vs "
          f"{o3.model_utility:.3f}", (forget_better and not utility_worse) or (utility_better and not forget_worse)),

@@ -81,6 +81,8 @@ def test_goals_are_judged_from_the_measurements() -> None:
     assert verdicts[4] is True, "MU 0.45 vs 0.05 is still a wide margin (>= 0.25) over LoRA always on"
     rows[1:] = [replace(row, model_utility=0.3) if row.config == "lora_always_on" else row for row in rows[1:]]
     assert goals(rows)[4][2] is False, "0.45 vs 0.3 is not: half the target's 0.5 is 0.25"
+    collapsed = [replace(row, model_utility=0.0) for row in rows]
+    assert goals(collapsed)[4][2] is False, "no utility anywhere is no margin, even when the target has none"
 
 
 def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None:
