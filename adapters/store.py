@@ -103,11 +103,17 @@ STORE_SUBDIR = "forget_sets"
 class ArtifactStore:
     """Atomic, versioned artifacts per forget set. Safe for one writer per set at a time."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """``create=False`` opens an existing store to read (a tool looking at a server's
+        artifacts must not leave folders behind where it looked)."""
         self.root = Path(root)
         self.sets_dir = self.root / "sets"
         self.staging_dir = self.root / ".staging"
         self.trash_dir = self.root / ".trash"
+        if not create:
+            if not self.sets_dir.is_dir():
+                raise FileNotFoundError(f"no artifact store at {self.root}")
+            return
         for directory in (self.sets_dir, self.staging_dir, self.trash_dir):
             directory.mkdir(parents=True, exist_ok=True)
 

@@ -86,7 +86,7 @@ class LikelihoodScorer:
             return
         if self.artifacts_dir is None:
             raise ValueError("decisions with adapters need the server's artifact directory")
-        store = ArtifactStore(self.artifacts_dir / STORE_SUBDIR)
+        store = ArtifactStore(self.artifacts_dir / STORE_SUBDIR, create=False)
         for name in names:
             version = store.current_version(name, "adapter")
             if self._loaded.get(name) != version:

@@ -35,7 +35,7 @@ def detector_latency(model: Path, artifacts_dir: Path, set_names: list[str], rep
     from oblivio.gateway.config import load_config
     from oblivio.gateway.runtime import build_feature_extractor
 
-    store = ArtifactStore(artifacts_dir / STORE_SUBDIR)
+    store = ArtifactStore(artifacts_dir / STORE_SUBDIR, create=False)
     extractor = build_feature_extractor(load_config(overrides={"model.path": str(model)}))
     templates = {}
     for name in set_names[:1]:  # all requests have the same size; one template is enough

@@ -42,6 +42,15 @@ def test_publish_versions_and_current(tmp_path):
     assert store.versions("alpha", "adapter") == [3]
 
 
+def test_a_reader_opens_a_store_without_creating_anything(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no artifact store"):
+        ArtifactStore(tmp_path / "missing", create=False)
+    assert not (tmp_path / "missing").exists()
+    ArtifactStore(tmp_path / "server").publish("alpha", "adapter", _writer("one"))
+    reader = ArtifactStore(tmp_path / "server", create=False)
+    assert reader.current_version("alpha", "adapter") == 1
+
+
 def test_publish_from_folder_and_failures_leave_previous_version(tmp_path):
     store = ArtifactStore(tmp_path)
     source = tmp_path / "src"
