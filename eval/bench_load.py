@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from oblivio.eval.machine import describe_machine
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -216,7 +216,7 @@ async def run_load(
     return report, results
 
 
-def render_markdown(report: LoadReport, backend: str) -> str:
+def render_markdown(report: LoadReport, backend: str, command: str = "") -> str:
     def row(name: str, stats: dict[str, float]) -> str:
         return f"| {name} | " + " | ".join(f"{stats.get(k, float('nan')):.3f}" for k in ("p50", "p90", "p99", "max", "mean")) + " |"
 
@@ -224,7 +224,8 @@ def render_markdown(report: LoadReport, backend: str) -> str:
         "# Gateway load test",
         "",
         f"Backend: {backend}; {report.streams} concurrent streams (half gRPC, half OpenAI HTTP), "
-        f"{report.max_tokens} tokens each, greedy; machine: {platform.processor() or platform.machine()}.",
+        f"{report.max_tokens} tokens each, greedy; machine: {describe_machine()}.",
+        *([f"Command: `{command}`"] if command else []),
         "",
         f"- completed: {report.completed}, lost: {report.lost}, wrong: {report.wrong}, "
         f"refused by the bounded queue: {report.queue_refused}",
@@ -291,8 +292,9 @@ async def _main(args: argparse.Namespace) -> int:
             await gateway.stop(grace=1)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "load.json").write_text(json.dumps(asdict(report), indent=2))
-    (REPORT_DIR / "load.md").write_text(render_markdown(report, args.backend))
-    print(render_markdown(report, args.backend))
+    command = " ".join(["python -m oblivio.eval.bench_load", *args.argv])
+    (REPORT_DIR / "load.md").write_text(render_markdown(report, args.backend, command))
+    print(render_markdown(report, args.backend, command))
     return 0 if report.clean else 1
 
 
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("reference", "vllm"), default="reference")
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     LOG.setLevel(logging.INFO)  # the registration's progress
     return asyncio.run(_main(args))

@@ -7,14 +7,13 @@ goal checks are one readable function.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from oblivio.eval.continual import BASELINE, GATE_CONFIGS, Measurement, ScoreLog
+from oblivio.eval.machine import describe_machine
 
 PLOTTED = (
     ("forget_accuracy", "forget accuracy (paraphrases)", False),
@@ -124,12 +123,6 @@ def _table(measurements: Sequence[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, "
-            f"no GPU, Python {platform.python_version()}")
-
-
 def write_report(out_dir: Path, *, measurements: list[Measurement], timings: list[dict[str, float]], scores: ScoreLog,
                  cost: dict[str, str], models: dict[str, Any], settings: dict[str, Any], requests: list[list[str]],
                  command: str, seconds: float) -> Path:
@@ -147,7 +140,7 @@ def write_report(out_dir: Path, *, measurements: list[Measurement], timings: lis
     text = f"""# Continual unlearning through the oblivio server
 
 Command: `{command}`
-Machine: {_machine()}. Total time: {seconds / 60:.1f} min.
+Machine: {describe_machine()}. Total time: {seconds / 60:.1f} min.
 Settings: `{json.dumps(settings)}`
 
 Every registration, policy switch and chat went through the server's public gRPC API
