@@ -263,10 +263,12 @@ async def load_with_registration(grpc_target: str, http_url: str, *, streams: in
     pairs = [(q.question, q.answer) for q in dataset.items(person, paraphrase=False)]
     async with grpc.aio.insecure_channel(grpc_target) as channel:
         admin = oblivio_pb2_grpc.AdminStub(channel)
-        registration = asyncio.create_task(register_and_wait(
-            admin, "load-test-person", pairs, dataset.names(person), on_event=LOG.info))
-        report, results = await run_load(grpc_target, http_url, streams=streams, max_tokens=max_tokens)
-        report.registration_s = await registration
+        async with asyncio.TaskGroup() as group:  # either failing cancels the other
+            registration = group.create_task(register_and_wait(
+                admin, "load-test-person", pairs, dataset.names(person), on_event=LOG.info))
+            load = group.create_task(run_load(grpc_target, http_url, streams=streams, max_tokens=max_tokens))
+    report, results = load.result()
+    report.registration_s = registration.result()
     return report, results
 
 
