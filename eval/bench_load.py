@@ -294,9 +294,9 @@ async def _main(args: argparse.Namespace) -> int:
             await gateway.stop(grace=1)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "load.json").write_text(json.dumps(asdict(report), indent=2))
-    command = " ".join(["python -m oblivio.eval.bench_load", *args.argv])
-    (REPORT_DIR / "load.md").write_text(render_markdown(report, args.backend, command))
-    print(render_markdown(report, args.backend, command))
+    markdown = render_markdown(report, args.backend, " ".join(["python -m oblivio.eval.bench_load", *args.argv]))
+    (REPORT_DIR / "load.md").write_text(markdown)
+    print(markdown)
     return 0 if report.clean else 1
 
 

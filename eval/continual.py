@@ -33,20 +33,14 @@ from oblivio.eval.entity_data import EntityDataset, QAItem, build_dataset
 from oblivio.eval.facts import item_key_values
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
 from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
-from oblivio.eval.server_client import (
-    TRAINING_METHODS,
-    complete_all,
-    connect,
-    register_and_wait,
-    set_default_policy,
-    start_server,
-)
+from oblivio.eval.server_client import complete_all, connect, register_and_wait, set_default_policy, start_server
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
+from oblivio.gateway.admin_forget import METHOD_TO_PROTO
 
 LOG = logging.getLogger(__name__)
 
-# Gate configurations compared (after each request, or see RunSettings.configs_after), as changes to the default policy. All use
-# the same detector scores; they differ only in how a score becomes an adapter scale.
+# Gate configurations compared (when: RunSettings.configs_after), as changes to the default
+# policy. All use the same detector scores; they differ only in how a score becomes a scale.
 GATE_CONFIGS: dict[str, dict[str, float | str]] = {
     "lora_always_on": {"threshold": 0.0, "min_scale": 1.0, "max_scale": 1.0, "mode": "adapter"},
     # O3 applies w = sigmoid(10 c - 2) at every score (then a hand-made table we cannot
@@ -349,7 +343,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--people", type=int, help="number of invented people (overrides the preset)")
     parser.add_argument("--requests", type=int, help="number of sequential forget requests")
     parser.add_argument("--epochs", type=float, help="fine-tune epochs of the retain and target models")
-    parser.add_argument("--method", choices=sorted(TRAINING_METHODS), help="how each request's adapter is trained (default refusal)")
+    parser.add_argument("--method", choices=sorted(METHOD_TO_PROTO), help="how each request's adapter is trained (default refusal)")
     parser.add_argument("--no-gateway-benchmark", action="store_true", help="skip gateway vs direct vLLM (minutes)")
     parser.add_argument("--model", type=Path, help="base model folder (default: the fetched default model)")
     parser.add_argument("--out", type=Path, default=Path("eval/reports/continual"))

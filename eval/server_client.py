@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from oblivio.gateway.admin_forget import METHOD_TO_PROTO
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc as pb_grpc
 
@@ -78,13 +79,10 @@ async def connect(target: str) -> AsyncIterator[tuple[pb_grpc.ChatStub, pb_grpc.
         yield pb_grpc.ChatStub(channel), pb_grpc.AdminStub(channel)
 
 
-TRAINING_METHODS = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
-
-
 def _register_stream(name: str, pairs: Sequence[tuple[str, str]], subjects: Sequence[str],
                      description: str, method: str = "refusal") -> Iterable[pb.RegisterForgetSetRequest]:
     yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(
-        name=name, description=description, subjects=list(subjects), method=TRAINING_METHODS[method]))
+        name=name, description=description, subjects=list(subjects), method=METHOD_TO_PROTO[method]))
     for start in range(0, len(pairs), REGISTRATION_CHUNK):
         chunk = [pb.Example(qa=pb.QAPair(question=q, answer=a)) for q, a in pairs[start:start + REGISTRATION_CHUNK]]
         yield pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(examples=chunk))

@@ -87,12 +87,12 @@ def read_examples(path: Path) -> list[dict[str, str]]:
 
 
 def _requests(args: argparse.Namespace, examples: list[dict[str, str]]) -> Iterator[Any]:
+    from oblivio.gateway.admin_forget import METHOD_TO_PROTO
     from oblivio.v1 import oblivio_pb2 as pb
 
-    method = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
     yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(
         name=args.name, description=args.description, subjects=args.subject,
-        method=method[args.method], keep_data=args.keep_data,
+        method=METHOD_TO_PROTO[args.method], keep_data=args.keep_data,
     ))
     for start in range(0, len(examples), CHUNK):
         chunk = []
