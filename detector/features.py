@@ -127,6 +127,7 @@ class FeatureExtractor:
         self.projection_seed = projection_seed
         self.batch_size = batch_size
         self._lock = threading.Lock()
+        self._common: dict[str, bool] = {}
         self._prefix_ids, self._suffix_ids = self._turn_wrappers()
         self._projection = self._make_projection()
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
@@ -210,6 +211,15 @@ class FeatureExtractor:
         gaussian = rng.standard_normal((self.hidden_size, self.projection_dim))
         q, _ = np.linalg.qr(gaussian)  # orthonormal columns: a random rotation, then a cut
         return q.astype(np.float32)
+
+    def is_common_word(self, word: str) -> bool:
+        """True when the word's lower-case form is a single token of the model's vocabulary:
+        an ordinary word ("Historical", "Award"), not a name ("Montenegro", "Nakamura").
+        Uses the model's own vocabulary, so no word list has to be shipped or kept current."""
+        key = word.lower()
+        if key not in self._common:
+            self._common[key] = len(self.tokenizer(" " + key, add_special_tokens=False).input_ids) == 1
+        return self._common[key]
 
     @property
     def dim(self) -> int:

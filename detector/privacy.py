@@ -7,9 +7,7 @@ A scorer stores, per layer:
   default), L2 normalisation and int8 quantisation, with rows **shuffled** and **no token ids,
   positions or text boundaries**. The projection discards 448 of 576 dimensions: the original
   hidden state cannot be reconstructed, only its shadow in a random 128-d subspace.
-* the same for the entity-swapped copies of the forget texts;
-* statistics: the mean pooled vector of the forget set and of the background, and one
-  shrinkage precision matrix (averages over many texts);
+* the same for the entity-swapped copies of the forget texts (other, real names);
 * the fitted weights of the layer aggregator and its feature scaling.
 
 What it does NOT keep: texts, subjects' names, token ids, order, the number of tokens per text.

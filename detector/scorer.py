@@ -2,18 +2,17 @@
 
 ``fit_forget_set`` turns a forget set's texts into a ``ForgetSetScorer``:
 
-1. Features of the texts, of their entity-swapped copies (same sentence, other names: the
-   hardest negatives there are) and of the shipped background (``extractor.background()``).
-   The background is split once, deterministically, into a *bank* part (the contrast tokens)
-   and a *calibration* part (held-out negatives).
-2. Cross-fitting (``n_folds``): for each fold, banks are built from the other folds and the
-   fold's texts are scored as positives, its swapped copies and a share of the calibration
-   background as negatives. This gives honest out-of-sample per-layer scores with no data
-   besides the forget set and the shipped text (O3's held-out split, used fully).
+1. Texts are grouped (a question and "question + answer" are one group: the longer feeds the
+   banks, the shorter is what a user sends). Near misses (``swaps``): the bank's texts about
+   other entities from the *bank* half of the real-name vocabulary (stored, contrasted
+   against), the questions about other entities from the *calibration* half (held out).
+2. Cross-fitting (``n_folds``) over groups: banks from the other folds, the fold's questions
+   as positives, their held-out near misses and the held-out share of the shipped generic
+   prompts as negatives. Out-of-sample scores with no data besides the forget set and shipped
+   text (O3's held-out split, used fully); the near misses name people no bank has seen.
 3. A logistic regression on the standardised per-layer scores (``scoring.FEATURES_PER_LAYER``
-   for every layer) weighs layers and terms and maps them to a membership probability in
-   [0, 1] (class-balanced, so 0.5 is the natural threshold). Then the final banks are built
-   from all texts.
+   for every layer), then ``decision_point`` places probability 0.5 between the held-out near
+   misses and the held-out questions. Then the final banks are built from all groups.
 
 Scoring mutates nothing (``score_features`` is a pure function of the stored state), so one
 scorer can serve many threads. See ``privacy.py`` for what is stored.
@@ -29,23 +28,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from oblivio.detector.background import swap_entities
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
 from oblivio.detector.privacy import dedupe_rows, dequantize_rows, quantize_rows, shuffle_rows
 from oblivio.detector.scoring import FEATURES_PER_LAYER, SetBanks, StackedBanks
+from oblivio.detector.swaps import EntitySwapper, SwapKind, find_entities
+from oblivio.detector.vocabulary import entity_vocabulary
 
 __all__ = ["ForgetSetScorer", "fit_forget_set", "IncompatibleScorerError", "FORMAT_VERSION", "generic_bank"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # Entity-level forgetting: a subject alone is a forget text, and so are the plainest questions
 # about it, so "forget this person" also catches prompts that only name them.
 SUBJECT_TEMPLATES = ("{s}", "Who is {s}?", "Tell me about {s}.", "What do you know about {s}?")
+
+
+# Stored near misses (see ``swaps.SwapKind``) and the held-out ones calibration scores.
+BANK_SWAPS = (SwapKind.NAMES, SwapKind.SURNAMES, SwapKind.NAME_TAILS)
+CALIBRATION_SWAPS = (SwapKind.NAMES, SwapKind.ALL)
 
 
 class IncompatibleScorerError(ValueError):
@@ -126,9 +130,6 @@ class ForgetSetScorer:
         for l in self.layers:
             arrays[f"forget_{l}"] = quantize_rows(self.banks.forget[l])
             arrays[f"swap_{l}"] = quantize_rows(self.banks.swap[l])
-            arrays[f"mu_forget_{l}"] = self.banks.mu_forget[l]
-            arrays[f"mu_background_{l}"] = self.banks.mu_background[l]
-            arrays[f"precision_{l}"] = self.banks.precision[l]
         tmp = directory / "state.npz.tmp"
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -162,15 +163,12 @@ class ForgetSetScorer:
             raise IncompatibleScorerError(f"scorer in {directory} uses other per-layer features: refit it")
         layers = [int(l) for l in meta["fingerprint"]["layers"]]
         with np.load(directory / "state.npz") as z:
-            missing = [f"{k}_{l}" for l in layers for k in ("forget", "swap", "precision") if f"{k}_{l}" not in z.files]
+            missing = [f"{k}_{l}" for l in layers for k in ("forget", "swap") if f"{k}_{l}" not in z.files]
             if missing:
                 raise IncompatibleScorerError(f"scorer in {directory}: state.npz lacks {missing[:3]} named by meta.json (corrupt?)")
             banks = SetBanks(
                 forget={l: dequantize_rows(z[f"forget_{l}"]) for l in layers},
                 swap={l: dequantize_rows(z[f"swap_{l}"]) for l in layers},
-                mu_forget={l: z[f"mu_forget_{l}"] for l in layers},
-                mu_background={l: z[f"mu_background_{l}"] for l in layers},
-                precision={l: z[f"precision_{l}"] for l in layers},
             )
             agg = Aggregator(z["agg_mean"], z["agg_scale"], z["agg_coef"], float(meta["agg_intercept"]))
         return cls(meta["name"], meta["fingerprint"], banks, agg, dict(meta.get("diagnostics", {})))
@@ -191,28 +189,12 @@ def _protect(tokens: np.ndarray, rng: np.random.Generator, dedupe: float | None)
     return dequantize_rows(quantize_rows(rows))
 
 
-def _build_banks(
-    forget: PromptFeatures,
-    swap: PromptFeatures | None,
-    generic: PromptFeatures,
-    layers: Sequence[int],
-    seed: int,
-    dedupe: float | None,
-) -> SetBanks:
+def _build_banks(forget: PromptFeatures, swap: PromptFeatures | None, layers: Sequence[int], seed: int, dedupe: float | None) -> SetBanks:
     rng = np.random.default_rng(seed)
-    mu_f, mu_b, prec = {}, {}, {}
-    for l in layers:
-        mu_f[l] = forget.pooled[l].mean(0).astype(np.float64)
-        mu_b[l] = generic.pooled[l].mean(0).astype(np.float64)
-        centred = np.concatenate([forget.pooled[l] - mu_f[l], generic.pooled[l] - mu_b[l]])
-        prec[l] = LedoitWolf(assume_centered=True).fit(centred).precision_.astype(np.float64)
     dim = forget.tokens[layers[0]].shape[1]
     return SetBanks(
         forget={l: _protect(forget.tokens[l], rng, dedupe) for l in layers},
         swap={l: _protect(swap.tokens[l] if swap is not None else np.zeros((0, dim), np.float32), rng, dedupe) for l in layers},
-        mu_forget=mu_f,
-        mu_background=mu_b,
-        precision=prec,
     )
 
 
@@ -234,8 +216,14 @@ def fit_forget_set(
     seed: int = 0,
     regularization: float = 0.5,
     dedupe: float | None = 0.97,
+    target_false_fire: float = 0.01,
+    catch_quantile: float = 0.1,
 ) -> ForgetSetScorer:
     """Fit a scorer for one forget set (see module doc). Raises ValueError/TypeError on bad input.
+
+    ``target_false_fire`` and ``catch_quantile`` place probability 0.5, the gate's default
+    threshold (see ``decision_point``), so that "0.5" means the same operating point for every
+    set and the false-fire rate a registration reports is the one it was calibrated to.
 
     ``dedupe``: token rows with a cosine >= this to an already kept row are dropped from the
     banks (None keeps all); this bounds bank size and scoring cost (see ``privacy.dedupe_rows``).
@@ -243,72 +231,125 @@ def fit_forget_set(
     name = _validate_name(name)
     items = validate_texts(texts, what="texts")
     subj = validate_texts(subjects, what="subjects")
-    forget_texts = items + [t.format(s=s) for s in subj for t in SUBJECT_TEMPLATES]
-    if len(forget_texts) < 2:
+    forget_texts = list(dict.fromkeys(items + [t.format(s=s) for s in subj for t in SUBJECT_TEMPLATES]))
+    groups = prefix_groups(forget_texts)
+    if len(groups) < 2:
         raise ValueError(
-            f"forget set '{name}' needs at least 2 texts (or subjects) to calibrate on held-out "
-            f"texts, got {len(forget_texts)}"
+            f"forget set '{name}' needs at least 2 texts (or subjects) that are not copies or beginnings "
+            f"of each other, to calibrate on held-out texts; got {len(groups)}"
         )
-    py_rng = random.Random(seed)
-    swapped: list[str] = []
-    swap_src: list[int] = []
-    for i, text in enumerate(forget_texts):
-        # two near misses per text: every name swapped, and only the surnames swapped
-        for last_only in (False, True):
-            other = swap_entities(text, subj, py_rng, last_only=last_only)
-            if other != text and other not in swapped:
-                swapped.append(other)
-                swap_src.append(i)
-    n = len(forget_texts)
-    feats = extractor.extract(forget_texts + swapped)
-    ff = feats.subset(range(n))
-    fs = feats.subset(range(n, n + len(swapped))) if swapped else None
+    # A group's longest text feeds the banks (a causal model gives its prefixes the same token
+    # states); its shortest text is what a user would send, so it is the held-out positive.
+    bank_texts = [forget_texts[g[-1]] for g in groups]
+    probe_texts = [forget_texts[g[0]] for g in groups]
+    entities = find_entities(forget_texts, subj, extractor.is_common_word)
+    bank_swaps, bank_src = _swapped(bank_texts, EntitySwapper(entity_vocabulary("bank"), subj, extractor.is_common_word, entities), seed, BANK_SWAPS)
+    calib_swaps, calib_src = _swapped(probe_texts, EntitySwapper(entity_vocabulary("calibration"), subj, extractor.is_common_word, entities), seed + 1, CALIBRATION_SWAPS)
+    unique = list(dict.fromkeys(bank_texts + probe_texts + bank_swaps + calib_swaps))
+    where = {t: i for i, t in enumerate(unique)}
+    feats = extractor.extract(unique)
+
+    def rows(ts: Sequence[str]) -> PromptFeatures:
+        return feats.subset([where[t] for t in ts])
+
+    fb, fp, fs, fc = rows(bank_texts), rows(probe_texts), rows(bank_swaps), rows(calib_swaps)
     bg = extractor.background()
     bank_rows, calib_rows = _bank_rows(bg.n_prompts)
     generic = bg.subset(bank_rows)
     layers = extractor.layers
 
+    n = len(groups)
     k = max(2, min(n_folds, n))
-    perm = np.random.default_rng(seed).permutation(n)
     fold_of = np.empty(n, dtype=np.int64)
-    fold_of[perm] = np.arange(n) % k
-    swap_fold = fold_of[swap_src] if swapped else np.zeros(0, dtype=np.int64)
+    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
     rows_x: list[np.ndarray] = []
     rows_y: list[np.ndarray] = []
+    rows_kind: list[np.ndarray] = []
     for fold in range(k):
         train = np.flatnonzero(fold_of != fold)
-        test = np.flatnonzero(fold_of == fold)
-        s_train = np.flatnonzero(swap_fold != fold)
-        s_test = np.flatnonzero(swap_fold == fold)
-        banks = _build_banks(
-            ff.subset(train), fs.subset(s_train) if fs is not None and len(s_train) else None, generic, layers, seed + fold, dedupe
-        )
+        s_train = np.flatnonzero(fold_of[bank_src] != fold)
+        c_test = np.flatnonzero(fold_of[calib_src] == fold)
+        banks = _build_banks(fb.subset(train), fs.subset(s_train) if len(s_train) else None, layers, seed + fold, dedupe)
         stacked = StackedBanks([banks], generic.tokens, layers)
-        calib = [r for j, r in enumerate(calib_rows) if j % k == fold]
-        parts = [(ff.subset(test), 1), (bg.subset(calib), 0)]
-        if fs is not None and len(s_test):
-            parts.append((fs.subset(s_test), 0))
-        for part, label in parts:
+        parts = [(fp.subset(np.flatnonzero(fold_of == fold)), 1, 0), (bg.subset(calib_rows), 0, 2)]
+        if len(c_test):
+            parts.append((fc.subset(c_test), 0, 1))
+        for part, label, kind in parts:
             raw = stacked.raw(part)[:, 0, :]
             rows_x.append(raw)
             rows_y.append(np.full(len(raw), label))
+            rows_kind.append(np.full(len(raw), kind))
     x = np.concatenate(rows_x)
     y = np.concatenate(rows_y)
+    kind = np.concatenate(rows_kind)
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 1e-9, scaler.scale_, 1.0)
     lr = LogisticRegression(C=regularization, class_weight="balanced", max_iter=2000)
     lr.fit((x - scaler.mean_) / scale, y)
-    agg = Aggregator(scaler.mean_.astype(np.float64), scale.astype(np.float64), lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
+    raw_agg = Aggregator(scaler.mean_.astype(np.float64), scale.astype(np.float64), lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
+    near = raw_agg.logit(x[kind == 1]) if (kind == 1).any() else raw_agg.logit(x[y == 0])
+    shift = decision_point(near, raw_agg.logit(x[y == 1]), target_false_fire, catch_quantile)
+    agg = Aggregator(raw_agg.mean, raw_agg.scale, raw_agg.coef, raw_agg.intercept - shift)
     cross_p = _sigmoid(agg.logit(x))
     diagnostics = {
-        "n_texts": float(n),
-        "n_swapped": float(len(swapped)),
+        "n_texts": float(len(forget_texts)),
+        "n_groups": float(n),
+        "n_swapped": float(len(bank_swaps)),
+        "n_calibration_negatives": float(len(calib_swaps)),
         "crossfit_auroc": float(roc_auc_score(y, cross_p)) if 0 < y.sum() < len(y) else float("nan"),
         "crossfit_tpr_at_0.5": float((cross_p[y == 1] >= 0.5).mean()),
         "crossfit_fpr_at_0.5": float((cross_p[y == 0] >= 0.5).mean()),
+        "crossfit_near_fpr_at_0.5": float((cross_p[kind == 1] >= 0.5).mean()) if (kind == 1).any() else float("nan"),
+        "crossfit_far_fpr_at_0.5": float((cross_p[kind == 2] >= 0.5).mean()),
     }
-    final = _build_banks(ff, fs, generic, layers, seed + k, dedupe)
+    final = _build_banks(fb, fs, layers, seed + k, dedupe)
     diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))
     diagnostics["bank_rows_swap"] = float(sum(final.swap[l].shape[0] for l in layers) / len(layers))
-    diagnostics["tokens_forget"] = float(ff.tokens[layers[0]].shape[0])
+    diagnostics["tokens_forget"] = float(fb.tokens[layers[0]].shape[0])
     return ForgetSetScorer(name, extractor.fingerprint(), final, agg, diagnostics)
+
+
+def decision_point(near: np.ndarray, positives: np.ndarray, target_false_fire: float, catch_quantile: float) -> float:
+    """The log-odds that become probability 0.5, from cross-fitted scores.
+
+    Halfway between the ``1 - target_false_fire`` quantile of the held-out near misses and the
+    ``catch_quantile`` quantile of the held-out forget questions, and never below the former.
+    Why halfway: the held-out near misses are names the banks never saw in sentences the
+    detector did see, a harder case than most real traffic, while real paraphrases of a forget
+    question score below the held-out originals. Measured on TOFU (``oblivio eval detector``):
+    placing 0.5 at the near-miss quantile alone let 2-4% of other authors' questions fire;
+    halfway to the forget questions' median dropped the catch rate of paraphrases to 86%.
+    """
+    floor = float(np.quantile(near, 1.0 - target_false_fire))
+    return max(floor, (floor + float(np.quantile(positives, catch_quantile))) / 2)
+
+
+def prefix_groups(texts: Sequence[str]) -> list[list[int]]:
+    """Indices of ``texts`` grouped so that every text is a prefix of its group's last one
+    (shortest first). A question and "question + answer" form one group: cross-fitting must
+    never hold one out while the other sits in the bank, or it would score a text against
+    itself and promise a catch rate no paraphrase gets."""
+    order = sorted(range(len(texts)), key=lambda i: (texts[i], len(texts[i])))
+    groups: list[list[int]] = []
+    for i in order:  # sorted: a prefix sorts right before the texts it starts
+        if groups and texts[i].startswith(texts[groups[-1][-1]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _swapped(texts: Sequence[str], swapper: EntitySwapper, seed: int, kinds: Sequence[SwapKind]) -> tuple[list[str], np.ndarray]:
+    """Near misses per text, one of each kind, and each one's source text."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    src: list[int] = []
+    seen = set(texts)
+    for i, text in enumerate(texts):
+        for kind in kinds:
+            other = swapper.swap(text, rng, kind)
+            if other not in seen:
+                seen.add(other)
+                out.append(other)
+                src.append(i)
+    return out, np.asarray(src, dtype=np.int64)

@@ -16,12 +16,12 @@ Per layer ``l`` and set ``s`` the raw score vector of a prompt holds:
 * ``contrast_pair``: max over adjacent token pairs of the smaller of the two contrasts: a name
   split into sub-words ("Mar" "wick") must match in sequence, so another person who shares one
   sub-word ("Mar" "ley") or only the first name does not score as a match.
-* ``forget_max``: max cosine to the forget tokens (O3's local 1-NN term, token level).
-* ``global_lda``: Mahalanobis distance of the pooled prompt to the background mean minus that
-  to the forget mean, under one shrinkage (Ledoit-Wolf) covariance.
-* ``global_oneclass``: minus the Mahalanobis distance to the forget mean (O3's global term).
-
 All terms are oriented so that larger = more like the forget set (O3's code mixed signs).
+
+What is deliberately *not* here: O3's plain 1-NN cosine and its global Mahalanobis terms on
+pooled states. They measure how much a prompt looks like the forget set's *kind* of text, and
+on TOFU they made the detector fire on questions about other authors and on world-fact
+questions ("What is the capital of Australia?" scored 0.70 against two fictitious authors).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def sims(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     busy machine, oversubscribes it: measured 20x slower than one thread for these shapes."""
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b).T).numpy()
 
-FEATURES_PER_LAYER = ("contrast_max", "contrast_top3", "contrast_pair", "forget_max", "global_lda", "global_oneclass")
+FEATURES_PER_LAYER = ("contrast_max", "contrast_top3", "contrast_pair")
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,6 @@ class SetBanks:
 
     forget: dict[int, np.ndarray]
     swap: dict[int, np.ndarray]
-    mu_forget: dict[int, np.ndarray]
-    mu_background: dict[int, np.ndarray]
-    precision: dict[int, np.ndarray]
 
 
 class StackedBanks:
@@ -74,10 +71,6 @@ class StackedBanks:
             self._swap[l] = np.ascontiguousarray(np.concatenate([s.swap[l] for s in sets]), dtype=np.float32) if sets else np.zeros((0, 1), np.float32)
             self._f_start[l] = _starts([s.forget[l].shape[0] for s in sets])
             self._s_start[l] = _starts([s.swap[l].shape[0] for s in sets])
-        # Global terms, stacked: (n_sets, d) means and (n_sets, d, d) precisions.
-        self._mu_f = {l: np.stack([s.mu_forget[l] for s in sets]) for l in self.layers} if sets else {}
-        self._mu_b = {l: np.stack([s.mu_background[l] for s in sets]) for l in self.layers} if sets else {}
-        self._prec = {l: np.stack([s.precision[l] for s in sets]) for l in self.layers} if sets else {}
 
     def raw(self, q: PromptFeatures) -> np.ndarray:
         """Raw per-layer scores, shape (n_prompts, n_sets, n_layers * len(FEATURES_PER_LAYER))."""
@@ -97,13 +90,6 @@ class StackedBanks:
             out[:, :, base + 0] = np.maximum.reduceat(contrast, row_starts, axis=0)
             out[:, :, base + 1] = _topk_mean_per_prompt(contrast, q.offsets, 3)
             out[:, :, base + 2] = _pair_max_per_prompt(contrast, q.offsets)
-            out[:, :, base + 3] = np.maximum.reduceat(fmax, row_starts, axis=0)
-            pooled = q.pooled[l].astype(np.float64)
-            d = pooled.shape[1]
-            df = _mahalanobis_sq(pooled, self._mu_f[l], self._prec[l]) / d  # (P, S)
-            db = _mahalanobis_sq(pooled, self._mu_b[l], self._prec[l]) / d
-            out[:, :, base + 4] = db - df
-            out[:, :, base + 5] = -df
         return out
 
 
@@ -133,9 +119,3 @@ def _pair_max_per_prompt(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         a, b = offsets[i], offsets[i + 1]
         out[i] = values[a] if b - a == 1 else pair[a : b - 1].max(axis=0)
     return out
-
-
-def _mahalanobis_sq(x: np.ndarray, mu: np.ndarray, prec: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances of every row of ``x`` to every set: (P, S)."""
-    diff = torch.from_numpy(x[:, None, :] - mu[None, :, :])  # (P, S, d)
-    return torch.einsum("psd,sde,pse->ps", diff, torch.from_numpy(prec), diff).numpy()

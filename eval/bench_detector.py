@@ -1,6 +1,6 @@
 """Detector benchmark: quality on held-out paraphrases, privacy trade-off, and cost.
 
-Run: ``oblivio eval detector [--quick]`` or ``python -m oblivio.eval.bench_detector [--quick]``.
+Run: ``oblivio eval detector-generated [--quick]`` or ``python -m oblivio.eval.bench_detector [--quick]``.
 
 What it measures (issue 4's goals):
 

@@ -13,12 +13,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = evaluate.add_subparsers(dest="eval_command", required=True)
     detector = actions.add_parser(
         "detector",
-        help="detector quality (held-out paraphrases, near/far AUROC vs baseline), privacy and cost",
+        help="detector quality on real TOFU data: catch and false-fire rates at the default threshold, ROC PNGs",
+    )
+    from oblivio.eval.detector_real import build_parser as build_tofu_parser
+
+    build_tofu_parser(detector)
+    detector.set_defaults(handler=_detector)
+    generated = actions.add_parser(
+        "detector-generated",
+        help="secondary detector table on generated people: near/far AUROC vs a baseline, privacy attack, cost",
     )
     from oblivio.eval.bench_detector import build_parser
 
-    build_parser(detector)
-    detector.set_defaults(handler=_detector)
+    build_parser(generated)
+    generated.set_defaults(handler=_detector_generated)
     continual = actions.add_parser(
         "continual",
         help="sequential forget requests through a real server: forgetting, utility, TOFU metrics, cost",
@@ -30,6 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _detector(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from oblivio.eval.detector_real import main_from_args
+
+    print(main_from_args(args, shlex.join(["oblivio", *sys.argv[1:]])))
+    return 0
+
+
+def _detector_generated(args: argparse.Namespace) -> int:
     import sys
 
     from oblivio.eval.bench_detector import run
