@@ -301,6 +301,9 @@ def fit_forget_set(
         "crossfit_fpr_at_0.5": float((cross_p[y == 0] >= 0.5).mean()),
         "crossfit_near_fpr_at_0.5": float((cross_p[kind == 1] >= 0.5).mean()) if (kind == 1).any() else float("nan"),
         "crossfit_far_fpr_at_0.5": float((cross_p[kind == 2] >= 0.5).mean()),
+        # log-odds (after the shift) of the two quantiles ``decision_point`` weighed
+        "logit_near_quantile": float(np.quantile(near, 1.0 - target_false_fire)) - shift,
+        "logit_forget_quantile": float(np.quantile(raw_agg.logit(x[y == 1]), catch_quantile)) - shift,
     }
     final = _build_banks(fb, fs, layers, seed + k, dedupe)
     diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))

@@ -138,7 +138,9 @@ class EntitySwapper:
             new = self._other(rng, kind, old, place=subject.lower() in self.entities.place_subjects)
             out = re.sub(rf"\b{re.escape(subject)}\b", new, out)
             for old_word, new_word in zip(old, new.split()):
-                if len(old_word) > 2 and old_word != new_word:
+                # lower-case words inside a name ("and" in "Trinidad and Tobago") are connectives,
+                # not identity: swapping them made "Romeo and Juliet" look forgotten
+                if len(old_word) > 2 and old_word != new_word and not old_word.islower():
                     memo[old_word] = new_word
                     out = re.sub(rf"\b{re.escape(old_word)}\b", new_word, out)
         return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from oblivio.eval import country_data, tofu
+from oblivio.eval.bench_detector import tpr_at_fpr
 from oblivio.eval.machine import describe_machine
 
 LOG = logging.getLogger("oblivio.eval.detector_real")
@@ -132,7 +134,7 @@ class FeatureCache:
         return concat_features([self._memo[t] for t in texts])
 
 
-def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseResult, dict[str, np.ndarray]]:
+def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseResult, dict[str, np.ndarray], Any]:
     """Fit ``case`` as a registration does and score its probes at the default threshold."""
     from sklearn.metrics import roc_auc_score
 
@@ -161,25 +163,17 @@ def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseR
         far_false_fire=float((far >= THRESHOLD).mean()),
         near_auroc=float(roc_auc_score(np.r_[ones, np.zeros(len(near_all))], np.r_[pos, near_all])),
         far_auroc=float(roc_auc_score(np.r_[ones, np.zeros(len(far))], np.r_[pos, far])),
-        tpr_at_5pct_near_fpr=_tpr_at_fpr(np.r_[ones, np.zeros(len(near_all))], np.r_[pos, near_all], 0.05),
+        tpr_at_5pct_near_fpr=tpr_at_fpr(np.r_[ones, np.zeros(len(near_all))], np.r_[pos, near_all]),
         reported_near_false_fire=float(scorer.diagnostics.get("crossfit_near_fpr_at_0.5", float("nan"))),
         missed=tuple(t for t, s in zip(case.positives, pos) if s < THRESHOLD),
         near_fires=tuple(t for t, s in zip(near_texts, near_all) if s >= THRESHOLD),
         far_fires=tuple(t for t, s in zip(case.far, far) if s >= THRESHOLD),
     )
-    return result, {"forget": pos, "near": near_all, "far": far}
-
-
-def _tpr_at_fpr(y: np.ndarray, s: np.ndarray, max_fpr: float) -> float:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(y, s)
-    ok = fpr <= max_fpr
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    return result, {"forget": pos, "near": near_all, "far": far}, scorer
 
 
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_").replace("__", "_")
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def _plots(out: Path, result: CaseResult, scores: dict[str, np.ndarray]) -> tuple[str, str]:
@@ -219,25 +213,25 @@ def _plots(out: Path, result: CaseResult, scores: dict[str, np.ndarray]) -> tupl
     return roc_png, hist_png
 
 
-def run(extractor: Any, out: Path, cases: list[ForgetCase]) -> tuple[list[CaseResult], list[tuple[str, str]]]:
-    """Evaluate ``cases``; writes PNGs into ``out``."""
+def run(extractor: Any, out: Path, cases: list[ForgetCase]) -> tuple[list[CaseResult], list[tuple[str, str]], dict[str, Any]]:
+    """Evaluate ``cases``; writes PNGs into ``out``. Also returns each case's fitted scorer."""
     from oblivio.detector.scorer import generic_bank
 
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(extractor)
     generic = generic_bank(extractor)
-    results, plots = [], []
+    results, plots, scorers = [], [], {}
     for i, case in enumerate(cases, 1):
         LOG.info("[%d/%d] registering %s (%d texts) as a user does", i, len(cases), case.label, len(case.texts))
-        result, scores = evaluate(case, cache, generic)
+        result, scores, scorers[case.label] = evaluate(case, cache, generic)
         LOG.info("%s: catch %.3f, near false fire %s, far %.4f, near AUROC %.4f, fit %.0f s", result.label, result.catch,
                  result.near_false_fire, result.far_false_fire, result.near_auroc, result.fit_seconds)
         results.append(result)
         plots.append(_plots(out, result, scores))
-    return results, plots
+    return results, plots, scorers
 
 
-def render(results: list[CaseResult], plots: list[tuple[str, str]], command: str, elapsed: float) -> str:
+def render(results: list[CaseResult], plots: list[tuple[str, str]], cost: "Cost | None", command: str, elapsed: float) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
@@ -265,6 +259,8 @@ def render(results: list[CaseResult], plots: list[tuple[str, str]], command: str
             f"{pct(r.far_false_fire)}{mark(g['far_false_fire'])} | {r.near_auroc:.4f}{mark(g['near_auroc'])} | "
             f"{r.tpr_at_5pct_near_fpr:.3f} | {r.far_auroc:.4f} | {pct(r.reported_near_false_fire)} |"
         )
+    if cost is not None:
+        lines += ["", "## Cost", "", cost.render()]
     lines += ["", "## Plots", ""]
     lines += [f"- {r.label}: [ROC]({roc}), [score histogram]({hist})" for r, (roc, hist) in zip(results, plots)]
     lines += ["", "## Misses and false fires (first 10 each)", ""]
@@ -278,6 +274,45 @@ def render(results: list[CaseResult], plots: list[tuple[str, str]], command: str
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Detector latency for one prompt with 1..20 sets of the largest registered size, against
+    one greedy 32-token generation by the configured backend (vLLM by default)."""
+
+    set_label: str
+    threads: int
+    rows: list[tuple[str, int, float, float]]
+    generation_median: float
+    generation_min: float
+    backend: str
+
+    @classmethod
+    def measure(cls, config: Any, extractor: Any, results: list[CaseResult], scorers: dict[str, Any]) -> "Cost":
+        import torch
+
+        from oblivio.eval.detector_cost import detector_cost, vllm_generation_seconds
+
+        largest = max(results, key=lambda r: r.n_fit_texts).label
+        LOG.info("cost: scoring with 1..20 sets the size of %s", largest)
+        rows = detector_cost(extractor, scorers[largest], largest)
+        LOG.info("cost: one 32-token generation by the %s backend", config.engine.backend)
+        med, low = vllm_generation_seconds(config)
+        return cls(largest, torch.get_num_threads(), rows, med, low, config.engine.backend)
+
+    def render(self) -> str:
+        lines = [
+            f"One prompt scored against n sets the size of *{self.set_label}* ({self.threads} torch thread(s), the",
+            f"server's `detector.threads`), against one greedy 32-token generation by the {self.backend} backend:",
+            f"{self.generation_median * 1000:.0f} ms median ({self.generation_min * 1000:.0f} ms min). Goal: 20 forget10-sized sets ≤ 20%.",
+            "",
+            "| sets | median | min | min ÷ generation min |",
+            "|---|---|---|---|",
+        ]
+        for label, n, med, low in self.rows:
+            lines.append(f"| {n} ({label}) | {med * 1000:.0f} ms | {low * 1000:.0f} ms | {100 * low / self.generation_min:.0f}% |")
+        return "\n".join(lines)
+
+
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="oblivio config (model path, detector layers)")
     parser.add_argument("--model", default=None, help="override the model path")
@@ -285,6 +320,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--subjects", choices=("both", "names", "texts"), default="both",
                         help="register TOFU with the authors' names as subjects, the texts only, or both (default)")
     parser.add_argument("--skip-countries", action="store_true", help="skip the non-person set (20 countries)")
+    parser.add_argument("--skip-cost", action="store_true", help="skip the cost table (it starts a vLLM engine)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's detector.threads)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser
@@ -309,11 +345,13 @@ def main_from_args(args: argparse.Namespace, command: str) -> Path:
     extractor = FeatureExtractor.from_pretrained(
         config.model_path, layers=config.detector.layers, max_prompt_tokens=config.detector.max_prompt_tokens
     )
-    results, plots = run(extractor, args.out, cases_from_args(args))
+    results, plots, scorers = run(extractor, args.out, cases_from_args(args))
+    cost = None if args.skip_cost else Cost.measure(config, extractor, results, scorers)
     elapsed = time.time() - started
-    (args.out / "results.json").write_text(json.dumps([{**asdict(r), "goals_met": r.goals_met()} for r in results], indent=2))
+    payload = {"cases": [{**asdict(r), "goals_met": r.goals_met()} for r in results], "cost": None if cost is None else asdict(cost)}
+    (args.out / "results.json").write_text(json.dumps(payload, indent=2))
     report = args.out / "report.md"
-    report.write_text(render(results, plots, command, elapsed))
+    report.write_text(render(results, plots, cost, command, elapsed))
     return report
 
 

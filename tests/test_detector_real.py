@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def forget01(detector_extractor: Any) -> CaseResult:
     from oblivio.detector.scorer import generic_bank
 
-    result, _ = evaluate(tofu_case("forget01", with_subjects=True), FeatureCache(detector_extractor), generic_bank(detector_extractor))
+    result, _, _ = evaluate(tofu_case("forget01", with_subjects=True), FeatureCache(detector_extractor), generic_bank(detector_extractor))
     return result
 
 
