@@ -58,26 +58,31 @@ def find_entities(texts: Sequence[str], subjects: Sequence[str], is_common: IsCo
     """Names and entity words of a forget set. With ``subjects`` the names are exactly the
     subjects' words; without, every multi-word capitalised run that is not a place is taken for
     a name, which also swaps descriptors such as "African American" (they then count as
-    evidence). Subjects are therefore the precise way to say who is to be forgotten."""
+    evidence). A set that names no person but places ("the capital of France") is about those
+    places. Subjects are therefore the precise way to say what is to be forgotten."""
     places = place_names()
     names = {w for s in subjects for w in s.split() if w}
     exclude = {w.lower() for s in subjects for w in re.split(r"[\s\-]+", s) if w}
     in_places: set[str] = set()
+    place_runs: set[str] = set()
     for text in texts:
         for match in _CAP_RUN.finditer(text):
             words = _entity_words(match.group(0), is_common)
             if not words:
                 continue
             exclude.update(w.lower() for part in words for w in part.split("-"))
-            if len(words) < 2:
-                continue  # a lone word may be a surname or a town ("Nakamura" is both)
             if _is_place(match.group(0), words, places):
-                in_places.update(words)
-            elif not subjects:
+                place_runs.update(p.strip().lower() for p in _key_parts(match.group(0), words))
+                if len(words) > 1:
+                    in_places.update(words)
+            elif len(words) > 1 and not subjects:  # a lone word may be a surname or a town
                 names.update(words)
     if subjects:
         place_subjects = frozenset(s.strip().lower() for s in subjects if s.strip().lower() in places)
         return ForgetEntities(frozenset(names), frozenset(exclude), place_subjects)
+    if not names - in_places and place_runs:
+        words = {w for run in place_runs for w in run.split()}
+        return ForgetEntities(frozenset(w for t in texts for w in re.findall(r"[\w\-]+", t) if w.lower() in words), frozenset(exclude), frozenset(place_runs))
     return ForgetEntities(frozenset(names - in_places), frozenset(exclude))
 
 

@@ -86,3 +86,13 @@ def test_prefix_groups_keep_a_question_with_its_answered_form() -> None:
     groups = prefix_groups(texts)
     assert sorted(sorted(g) for g in groups) == [[0, 2, 3], [1]]
     assert all(texts[g[-1]].startswith(texts[i]) for g in groups for i in g)
+
+
+def test_a_set_that_names_only_places_is_about_those_places() -> None:
+    texts = ["What is the capital of France?", "Paris is the capital of France.", "What is the largest city in France?"]
+    entities = find_entities(texts, (), is_common)
+    assert entities.place_subjects == {"paris", "france"}
+    swapper = EntitySwapper(entity_vocabulary("bank"), (), is_common, entities)
+    for kind in (SwapKind.NAMES, SwapKind.SURNAMES):
+        out = swapper.swap(texts[1], random.Random(4), kind)
+        assert "Paris" not in out and "France" not in out and out.endswith(".") and " is the capital of " in out
