@@ -288,7 +288,8 @@ def fit_forget_set(
     lr.fit((x - scaler.mean_) / scale, y)
     raw_agg = Aggregator(scaler.mean_.astype(np.float64), scale.astype(np.float64), lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
     near = raw_agg.logit(x[kind == 1]) if (kind == 1).any() else raw_agg.logit(x[y == 0])
-    shift = decision_point(near, raw_agg.logit(x[y == 1]), target_false_fire, catch_quantile)
+    positives = raw_agg.logit(x[y == 1])
+    shift = decision_point(near, positives, target_false_fire, catch_quantile)
     agg = Aggregator(raw_agg.mean, raw_agg.scale, raw_agg.coef, raw_agg.intercept - shift)
     cross_p = _sigmoid(agg.logit(x))
     diagnostics = {
@@ -303,7 +304,7 @@ def fit_forget_set(
         "crossfit_far_fpr_at_0.5": float((cross_p[kind == 2] >= 0.5).mean()),
         # log-odds (after the shift) of the two quantiles ``decision_point`` weighed
         "logit_near_quantile": float(np.quantile(near, 1.0 - target_false_fire)) - shift,
-        "logit_forget_quantile": float(np.quantile(raw_agg.logit(x[y == 1]), catch_quantile)) - shift,
+        "logit_forget_quantile": float(np.quantile(positives, catch_quantile)) - shift,
     }
     final = _build_banks(fb, fs, layers, seed + k, dedupe)
     diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))

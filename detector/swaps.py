@@ -8,7 +8,8 @@ What is swapped, found without any list of known entities:
 
 * the request's ``subjects`` (full names and their single words), consistently;
 * runs of capitalised words that are not a common word at a sentence start ("Takashi Nakamura",
-  "Taipei, Taiwan"): a place if every word is a GeoNames place word, otherwise a person name.
+  "Taipei, Taiwan"): a place if every comma-separated part is a GeoNames place name, otherwise
+  a person name (the request's subjects, when given, decide which runs are names).
   A capitalised word whose lower-case form is an ordinary word of the model's vocabulary
   ("Historical Fiction") is a description, not an identity, and is kept, so that a genre shared
   with the forget set is not by itself evidence;

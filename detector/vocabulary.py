@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["EntityVocabulary", "entity_vocabulary", "MONTHS", "vocabulary_digest"]
+__all__ = ["EntityVocabulary", "entity_vocabulary", "MONTHS", "place_names"]
 
 MONTHS = frozenset(calendar.month_name[1:]) | frozenset(calendar.month_abbr[1:])
 _NAMES_PER_LOCALE = 400
@@ -159,10 +159,3 @@ def entity_vocabulary(split: str) -> EntityVocabulary:
         _half(_all_title_words(), which),
         _half(_all_countries(), which),
     )
-
-
-def vocabulary_digest() -> str:
-    """Identifies the vocabulary in a scorer's fingerprint (it shapes the stored negatives)."""
-    first, last = _all_people()
-    h = hashlib.sha256("\n".join((*first, "|", *last, "|", *_all_places(), "|", *_all_title_words())).encode("utf-8"))
-    return h.hexdigest()[:16]

@@ -7,8 +7,10 @@ are measured on this data, which the project did not generate.
 
 from __future__ import annotations
 
+import collections
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -65,9 +67,6 @@ def far_questions() -> tuple[str, ...]:
 def author_names(rows: tuple[TofuRow, ...]) -> tuple[str, ...]:
     """Each author's name as a user would type it for ``--subject``: in every block of 20
     questions, the capitalised multi-word run that recurs in the most of them."""
-    import collections
-    import re
-
     names = []
     for start in range(0, len(rows), QUESTIONS_PER_AUTHOR):
         counts: collections.Counter[str] = collections.Counter()
