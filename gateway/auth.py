@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from oblivio.gateway.config import AuthConfig
+from oblivio.gateway.config import MIN_SECRET_CHARS, AuthConfig, ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -38,14 +38,33 @@ class AuthError(Exception):
         self.unauthenticated = unauthenticated
 
 
+def _read_secret_file(file: Path) -> list[str]:
+    """The secrets of a token file (one per line, ``#`` comments and blank lines skipped).
+
+    Inline tokens are length-checked by the config; a file is read only here, so its tokens
+    are checked here, by the same rule. Errors name the file and line, never the token.
+    """
+    try:
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {file} is not valid UTF-8 text") from None
+    secrets = []
+    for number, line in enumerate(lines, start=1):
+        secret = line.strip()
+        if not secret or secret.startswith("#"):
+            continue
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ConfigError(
+                f"token file {file}, line {number}: tokens must be at least {MIN_SECRET_CHARS} characters"
+            )
+        secrets.append(secret)
+    return secrets
+
+
 def _read_secrets(inline: Iterable[str], file: Path | None) -> tuple[bytes, ...]:
-    secrets = [token for token in inline]
-    if file is not None:
-        try:
-            lines = Path(file).read_text().splitlines()
-        except OSError as exc:
-            raise ValueError(f"cannot read token file {file}: {exc.strerror}") from exc
-        secrets += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    secrets = list(inline) + (_read_secret_file(file) if file is not None else [])
     return tuple(secret.encode() for secret in secrets)
 
 

@@ -12,12 +12,18 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 ENV_PREFIX = "OBLIVIO_"
+# Shortest accepted admin token / chat API key, inline or from a file: anything shorter can be
+# guessed online, and a short "token" is usually a placeholder someone forgot to replace.
+MIN_SECRET_CHARS = 16
+# Fields whose values are secrets: error messages never print them (nor anything that holds them).
+SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "projection_seed"})
+REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
@@ -146,8 +152,8 @@ class AuthConfig(_Section):
     @field_validator("admin_tokens", "chat_api_keys")
     @classmethod
     def _tokens_long_enough(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
-        if any(len(token) < 16 for token in tokens):
-            raise ValueError("tokens must be at least 16 characters")
+        if any(len(token) < MIN_SECRET_CHARS for token in tokens):
+            raise ValueError(f"tokens must be at least {MIN_SECRET_CHARS} characters")
         return tokens
 
     @model_validator(mode="after")
@@ -198,13 +204,29 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX) or key == "OBLIVIO_CONFIG":
             continue
         dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-        _set_dotted(tree, dotted, _parse_env_value(value))
+        _set_dotted(tree, dotted, _parse_env_value(value, as_list=_is_tuple_field(dotted)))
     return tree
 
 
-def _parse_env_value(raw: str) -> Any:
-    """Comma-separated values become lists so tuple fields can be set from the environment."""
-    return [part.strip() for part in raw.split(",")] if "," in raw else raw
+def _is_tuple_field(dotted: str) -> bool:
+    """Whether ``dotted`` names a tuple field of :class:`OblivioConfig` (unknown names: no)."""
+    model: type[BaseModel] = OblivioConfig
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(leaf)
+    return field is not None and get_origin(field.annotation) is tuple
+
+
+def _parse_env_value(raw: str, *, as_list: bool) -> Any:
+    """Comma-separated values become lists so tuple fields can be set from the environment; a
+    tuple field's single value is a one-item list (one admin token is a valid setting)."""
+    if as_list or "," in raw:
+        return [part.strip() for part in raw.split(",")]
+    return raw
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,11 +239,34 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _redact(value: Any) -> Any:
+    """``value`` with every secret field inside it (at any depth) replaced by ``REDACTED``."""
+    if isinstance(value, Mapping):
+        return {key: REDACTED if key in SECRET_FIELDS else _redact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(item) for item in value]
+    return value
+
+
+def _shown_input(item: Mapping[str, Any]) -> str:
+    """What an error message may show of the offending input.
+
+    Secret fields show nothing, and neither do unknown fields: a misspelt secret name
+    (``OBLIVIO_AUTH__ADMIN_TOKEN``) still carries the secret. Section-level errors show the
+    section with its secrets redacted.
+    """
+    if item["type"] == "extra_forbidden":
+        return ""
+    if any(part in SECRET_FIELDS for part in item["loc"]):
+        return f" (got {REDACTED})"
+    return f" (got {_redact(item.get('input'))!r})"
+
+
 def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"config field '{field}': {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"config field '{field}': {item['msg']}{_shown_input(item)}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -58,12 +58,11 @@ def _url_host(host: str) -> str:
 class Gateway:
     """Starts and stops both servers around a Runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, authenticator: Authenticator) -> None:
         self.runtime = runtime
         server_config = runtime.config.server
         self.host = server_config.host
         # One authenticator (token files read once) guards both front doors.
-        authenticator = Authenticator.from_config(runtime.config.auth)
         self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port, authenticator=authenticator)
         self.app = create_app(
             runtime.chat,
@@ -78,8 +77,13 @@ class Gateway:
 
     @classmethod
     async def create(cls, config: OblivioConfig, **runtime_kwargs: Any) -> "Gateway":
-        """Build the Runtime (loads the model, backend and detector) and wrap it."""
-        return cls(await build_runtime(config, **runtime_kwargs))
+        """Build the Runtime (loads the model, backend and detector) and wrap it.
+
+        Token files are read first: a bad one then fails at once with a ConfigError, instead
+        of after an engine has started (and would have to be torn down again).
+        """
+        authenticator = Authenticator.from_config(config.auth)
+        return cls(await build_runtime(config, **runtime_kwargs), authenticator)
 
     @property
     def grpc_port(self) -> int | None:

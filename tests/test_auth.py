@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,26 @@ def test_short_tokens_and_half_tls_config_are_rejected() -> None:
 def test_unreadable_token_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read token file"):
         Authenticator.from_config(AuthConfig(admin_tokens_file=tmp_path / "absent"))
+
+
+def test_short_token_in_a_file_is_rejected_without_echoing_it(tmp_path: Path) -> None:
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(f"# rotated 2026-11\n{ADMIN}\nx7Q\n")
+    with pytest.raises(ConfigError, match=r"admin-tokens, line 3: tokens must be at least 16 characters") as failure:
+        Authenticator.from_config(AuthConfig(admin_tokens_file=tokens))
+    assert "x7Q" not in str(failure.value)
+    assert ADMIN not in str(failure.value)
+
+
+def test_serve_with_a_short_file_token_exits_with_one_clear_line(tmp_path: Path) -> None:
+    """The token file is read before any model loads: exit 2, one line, no traceback, no token."""
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text("x7Q\n")
+    env = {**os.environ, "OBLIVIO_HOME": str(tmp_path), "OBLIVIO_MODEL__PATH": str(tmp_path),
+           "OBLIVIO_AUTH__ADMIN_TOKENS_FILE": str(tokens)}
+    result = subprocess.run([sys.executable, "-m", "oblivio.gateway.cli", "serve"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"oblivio: token file {tokens}, line 1: tokens must be at least 16 characters"
+    ]

@@ -50,3 +50,32 @@ def test_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
     broken.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken, environ={})
+
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+def test_one_admin_token_from_the_environment_is_accepted() -> None:
+    """A tuple field set from one environment value (no comma) is a one-item list, not an error."""
+    config = load_config(environ={"OBLIVIO_AUTH__ADMIN_TOKENS": ADMIN_TOKEN})
+    assert config.auth.admin_tokens == (ADMIN_TOKEN,)
+    assert load_config(environ={"OBLIVIO_GATE__SCALE_GRID": "0.5"}).gate.scale_grid == (0.5,)
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"OBLIVIO_AUTH__ADMIN_TOKENS": f"{ADMIN_TOKEN},short-secret-x"}, "auth.admin_tokens"),
+        ({"OBLIVIO_AUTH__CHAT_API_KEYS": "short-secret-x"}, "auth.chat_api_keys"),
+        ({"OBLIVIO_DETECTOR__PROJECTION_SEED": "short-secret-x"}, "detector.projection_seed"),
+        # A misspelt secret field still carries the secret.
+        ({"OBLIVIO_AUTH__ADMIN_TOKEN": "short-secret-x"}, "auth.admin_token"),
+        # A section-level rule reports the whole section, which holds the tokens.
+        ({"OBLIVIO_AUTH__ADMIN_TOKENS": f"{ADMIN_TOKEN}short-secret-x", "OBLIVIO_AUTH__TLS_CERT_FILE": "/c.pem"}, "auth"),
+    ],
+    ids=["short-admin-token", "short-chat-key", "bad-seed", "misspelt-field", "section-rule"],
+)
+def test_config_errors_never_print_secrets(env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{field}'") as failure:
+        load_config(environ=env)
+    assert "short-secret-x" not in str(failure.value)
