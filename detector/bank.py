@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oblivio.detector.features import FeatureExtractor, PromptFeatures
+from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
 from oblivio.detector.scorer import ForgetSetScorer, _sigmoid, generic_bank
 from oblivio.detector.scoring import StackedBanks
+from oblivio.detector.spelling import scoring_variants
 
 __all__ = ["DetectorBank"]
 
@@ -87,12 +88,24 @@ class DetectorBank:
         return len(self._snapshot.names)
 
     def score(self, prompts: Sequence[str]) -> list[dict[str, float]]:
-        """For each prompt, every registered set's membership probability in [0, 1]."""
+        """For each prompt, every registered set's membership probability in [0, 1].
+
+        Each prompt is scored as written and with spelling games undone (``spelling``); a set
+        keeps the higher score, so normalising can only make the gate stricter."""
         snap = self._snapshot  # one consistent view for the whole call
-        features = self.extractor.extract(prompts)
+        variants = [scoring_variants(p, self.extractor.is_common_word) for p in validate_texts(prompts, what="prompts")]
+        flat = [v for forms in variants for v in forms]
+        features = self.extractor.extract(flat)
         if not snap.names:
-            return [{} for _ in range(features.n_prompts)]
-        return self.score_features(features, snap)
+            return [{} for _ in variants]
+        scores = self.score_features(features, snap)
+        out: list[dict[str, float]] = []
+        start = 0
+        for forms in variants:
+            group = scores[start : start + len(forms)]
+            start += len(forms)
+            out.append({name: max(s[name] for s in group) for name in snap.names})
+        return out
 
     def score_features(self, features: PromptFeatures, snap: _Snapshot | None = None) -> list[dict[str, float]]:
         snap = snap or self._snapshot

@@ -36,6 +36,8 @@ import torch
 
 __all__ = ["FeatureExtractor", "PromptFeatures", "validate_texts"]
 
+_COMMON_CACHE_LIMIT = 1 << 16
+
 
 def validate_texts(texts: object, *, what: str) -> list[str]:
     """Type/emptiness checks shared by fit and score, with messages a caller can act on."""
@@ -217,9 +219,12 @@ class FeatureExtractor:
         an ordinary word ("Historical", "Award"), not a name ("Montenegro", "Nakamura").
         Uses the model's own vocabulary, so no word list has to be shipped or kept current."""
         key = word.lower()
-        if key not in self._common:
-            self._common[key] = len(self.tokenizer(" " + key, add_special_tokens=False).input_ids) == 1
-        return self._common[key]
+        known = self._common.get(key)
+        if known is None:
+            if len(self._common) >= _COMMON_CACHE_LIMIT:  # chat prompts reach this: keep it bounded
+                self._common.clear()
+            known = self._common[key] = len(self.tokenizer(" " + key, add_special_tokens=False).input_ids) == 1
+        return known
 
     @property
     def dim(self) -> int:

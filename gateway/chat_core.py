@@ -1,7 +1,7 @@
 """The one chat core behind both front doors (gRPC ``Chat`` and the OpenAI-compatible HTTP API).
 
 Per request: validate the conversation, render it with the model's chat template to token ids,
-score the user text with the detector bank (in a worker thread, micro-batched across concurrent
+score the whole conversation's text with the detector bank (in a worker thread, micro-batched across concurrent
 requests so N waiting prompts cost one feature forward), let the gate decide with the policy
 read ONCE from the policy store, then either answer with the refusal text or stream from the
 backend with the chosen adapters. Keeping all of this in one place is what guarantees the two
@@ -30,6 +30,7 @@ from oblivio.gateway.backends.base import (
     GenerationChunk,
     SamplingSettings,
 )
+from oblivio.gateway.enforcement import EnforcementGuard
 
 LOG = logging.getLogger(__name__)
 
@@ -259,9 +260,25 @@ def _parse_messages(
     return tuple(parsed)
 
 
-def user_text(messages: Sequence[Message]) -> str:
-    """What the detector scores: every user message of the conversation, joined by newlines."""
-    return "\n".join(m.content for m in messages if m.role == "user")
+def conversation_text(messages: Sequence[Message]) -> str:
+    """What the detector scores: every message the model conditions on, of every role, joined
+    by newlines. Scoring only user turns let a forgotten question ride in the system prompt or
+    in a made-up earlier assistant turn while the user turn said "go on"."""
+    return "\n".join(m.content for m in messages if m.content.strip())
+
+
+def _log_decision(request_id: str, outcome: GateOutcome) -> None:
+    """Per-set detail of a chat decision, for operators: chat responses carry only the coarse
+    decision (base / adapter / refusal), so the server log is where a decision is traced. Sets
+    that matched (or a detector error) are logged at INFO, plain base decisions at DEBUG."""
+    decision = outcome.decision
+    matched = [v for v in decision.verdicts if v.matched]
+    level = logging.INFO if matched or outcome.detector_error else logging.DEBUG
+    if not LOG.isEnabledFor(level):
+        return
+    verdicts = ", ".join(f"{v.name}={v.score:.3f}:{v.action}" for v in (matched or decision.verdicts)) or "no sets"
+    LOG.log(level, "request %s: %s (policy v%d; %s)%s", request_id, decision.label, decision.policy_version,
+            verdicts, f"; detector error: {outcome.detector_error}" if outcome.detector_error else "")
 
 
 class ChatCore:
@@ -277,13 +294,17 @@ class ChatCore:
         max_model_len: int = 2048,
         served_model: str = "oblivio-default",
         metrics: Any = None,
+        enforcement: EnforcementGuard | None = None,
     ) -> None:
+        """``enforcement``: while it reports a set that cannot be enforced, chat is refused
+        (fail closed) instead of answering that set's prompts with the base model."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.policy_store = policy_store
         self.max_model_len = max_model_len
         self.served_model = served_model
         self.metrics = metrics
+        self.enforcement = enforcement or EnforcementGuard()
         self._detector = DetectorRunner(detector) if detector is not None else None
 
     @property
@@ -352,7 +373,7 @@ class ChatCore:
         """Detector + gate for a conversation. ``policy`` overrides the store (what-if explain)."""
         parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
         policy = policy if policy is not None else self.policy_store.current()
-        text = user_text(parsed)
+        text = conversation_text(parsed)
         started = time.perf_counter()
         if self._detector is None:
             decision = gate.decide({}, policy, self._live_adapters())
@@ -401,6 +422,7 @@ class ChatCore:
         """Validate, render and gate; the returned session streams the answer."""
         started = time.perf_counter()
         try:
+            self.enforcement.check_chat()
             self.check_model(model)
             parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
             prompt_ids = self.render(parsed)
@@ -411,8 +433,10 @@ class ChatCore:
                 self.metrics.observe_request(endpoint, type(exc).__name__, time.perf_counter() - started)
             raise
         self._observe(outcome)
+        request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        _log_decision(request_id, outcome)
         return ChatSession(
-            request_id=request_id or f"chatcmpl-{uuid.uuid4().hex}",
+            request_id=request_id,
             prompt_token_ids=prompt_ids,
             sampling=settings,
             outcome=outcome,
