@@ -50,9 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
-from oblivio.adapters.registry import ForgetSetRecord, Registry, State, UnknownForgetSetError
+from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State, UnknownForgetSetError
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
+from oblivio.gateway.enforcement import EnforcementGuard
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,48 @@ class RegistrationEvent:
     message: str
     time: float
     terminal: bool  # LIVE, FAILED or deleted: a watch ends after this event
+
+
+REGISTRY_FILE = "registry.db"
+
+
+def check_stored_state(root: Path, *, discard_unregistered: bool = False) -> None:
+    """Check the registry and the artifact store under ``root`` against each other, and close.
+
+    A gateway does this before it loads the model, so an unreadable or lost registry stops it
+    in seconds with :class:`RegistryStateError` (nothing deleted), not after the engine started.
+    """
+    registry = Registry(Path(root) / REGISTRY_FILE)
+    try:
+        sweep_unregistered(ArtifactStore(Path(root) / STORE_SUBDIR), registry, discard_unregistered=discard_unregistered)
+    finally:
+        registry.close()
+
+
+def sweep_unregistered(store: ArtifactStore, registry: Registry, *, discard_unregistered: bool = False) -> list[str]:
+    """Remove the artifacts of sets the registry does not know; returns their names.
+
+    One such set next to registered ones is a publish that raced its set's deletion: removed,
+    with a log line each. But a registry that knows NO set while the store holds sets means the
+    registry was lost (a mis-mounted volume, a deleted file): serving would enforce nothing and
+    deleting would destroy every set. That refuses to start unless the operator says the
+    artifacts are garbage (``recovery.discard_unregistered_artifacts``).
+    """
+    known = {record.name for record in registry.list()}
+    orphans = sorted(set(store.set_names()) - known)
+    if orphans and not known and not discard_unregistered:
+        raise RegistryStateError(
+            f"the registry {registry.db_path} knows no forget set, but the artifact store {store.root} holds "
+            f"{len(orphans)} ({', '.join(orphans)}). The registry was probably lost (a volume not mounted, "
+            "a deleted file): serving would enforce none of them. Restore the registry (registry.db and its "
+            "-wal file) and start again; nothing was deleted. If these artifacts really are leftovers of deleted "
+            "sets, set recovery.discard_unregistered_artifacts=true to delete them and start"
+        )
+    for orphan in orphans:
+        log.warning("deleting the artifacts of forget set %r: the registry %s does not know it (a publish that "
+                    "raced its deletion, or recovery.discard_unregistered_artifacts)", orphan, registry.db_path)
+        store.delete_set(orphan)
+    return orphans
 
 
 class DetectorPort:
@@ -122,13 +165,20 @@ class RegistrationPipeline:
         lease_s: float = JOB_LEASE_S,
         owner_id: str | None = None,
         metrics: Any = None,
+        enforcement: EnforcementGuard | None = None,
+        discard_unregistered: bool = False,
     ) -> None:
+        """``enforcement`` learns which sets cannot be enforced here (chat and readiness fail
+        closed on it); ``discard_unregistered`` is the operator's override of
+        :func:`sweep_unregistered`'s refusal."""
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
         self.model_path = Path(model_path)
         self.root = Path(root)
         self.store = ArtifactStore(self.root / STORE_SUBDIR)
-        self.registry = Registry(self.root / "registry.db")
+        self.registry = Registry(self.root / REGISTRY_FILE)
+        self.enforcement = enforcement or EnforcementGuard()
+        self.discard_unregistered = discard_unregistered
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.backend = backend
@@ -172,6 +222,8 @@ class RegistrationPipeline:
             threads=training.threads,
             sync_interval=REPLICA_SYNC_S,
             metrics=runtime.metrics,
+            enforcement=runtime.enforcement,
+            discard_unregistered=config.recovery.discard_unregistered_artifacts,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -183,9 +235,7 @@ class RegistrationPipeline:
             return
         self._started = True
         self.store.recover()
-        known = {record.name for record in self.registry.list()}
-        for orphan in set(self.store.set_names()) - known:  # a publish that raced a deletion
-            self.store.delete_set(orphan)
+        sweep_unregistered(self.store, self.registry, discard_unregistered=self.discard_unregistered)
         for record in self.registry.list():
             if record.state is State.DELETING:
                 await self._finish_delete(record.name)
@@ -221,8 +271,10 @@ class RegistrationPipeline:
         """
         name = record.name
         detector_dir = self.store.current(name, "detector")
-        if detector_dir is not None and self.detector is not None:
+        if self.detector is not None and (detector_dir is not None or record.detector_version):
             try:
+                if detector_dir is None:  # published once, gone now: as broken as a corrupted file
+                    raise FileNotFoundError(f"detector version {record.detector_version} is not in the artifact store")
                 scorer = await asyncio.to_thread(self.detector.load, detector_dir)
                 self.detector.bank.add(name, scorer)
             except Exception as exc:  # noqa: BLE001 - corrupted, truncated, incompatible, unreadable
@@ -239,7 +291,7 @@ class RegistrationPipeline:
                 await self._quarantine(record, exc, part="adapter")
                 return False
         elif record.state is State.FAILED and record.error.startswith(QUARANTINED):
-            self._report_quarantine(name)  # quarantined on an earlier start: keep the gauge up
+            self._report_quarantine(name, record.error)  # quarantined on an earlier start: keep the gauge up
         return True
 
     async def _quarantine(self, record: ForgetSetRecord, exc: Exception, *, part: str) -> None:
@@ -249,10 +301,12 @@ class RegistrationPipeline:
         * adapter unreadable, detector fine: the detector stays in the bank, so the gate still
           matches prompts about the set and, with no live adapter, refuses them (the same
           fallback as while a registration trains);
-        * detector unreadable: nothing can score prompts against the set, so it is NOT enforced
-          here. That is made loud: an ERROR log line, the FAILED state with a "NOT ENFORCED"
-          error in ListForgetSets / GetForgetSet, and the ``oblivio_forget_set_quarantined``
-          gauge with ``enforced_by="none"`` (the series to alert on).
+        * detector unreadable (or missing): nothing can score prompts against the set, so it is
+          NOT enforced here. Then chat is refused and readiness is NOT_SERVING (see
+          ``oblivio.gateway.enforcement``) unless the operator set
+          ``recovery.serve_unenforced_sets``; it is loud either way: an ERROR log line, the
+          FAILED state with a "NOT ENFORCED" error in ListForgetSets / GetForgetSet, and the
+          ``oblivio_forget_set_quarantined`` gauge with ``enforced_by="none"``.
 
         Its name stays known to the gate and the registry keeps the row, so an operator can
         delete and register it again.
@@ -266,29 +320,44 @@ class RegistrationPipeline:
                 await self.backend.remove_adapter(name)
             except Exception:  # noqa: BLE001 - best effort: it was never fully loaded
                 log.exception("could not unload the adapter of quarantined set %r", name)
-        enforced = self._report_quarantine(name)
+        enforced = self._detector_enforces(name)
         cause = f"{type(exc).__name__}: {exc}"
         # Tracked even when nothing loaded, so a deletion on another replica still clears it here.
         self._loaded[name] = (self.store.current_version(name, "detector") if enforced else 0, 0)
         if enforced:
             error = (f"{QUARANTINED} at start-up: its {part} failed to load ({cause}); matched prompts are "
                      "REFUSED instead (the detector still enforces the set); delete and register it again")
+        elif self.enforcement.serve_unenforced:
+            error = (f"{QUARANTINED} at start-up: its {part} failed to load ({cause}); the set is NOT ENFORCED "
+                     "on this replica and chat is served anyway (recovery.serve_unenforced_sets): prompts about "
+                     "it get the base model; restore its artifacts and restart, or delete and register it again")
         else:
             error = (f"{QUARANTINED} at start-up: its {part} failed to load ({cause}); the set is NOT ENFORCED "
-                     "on this replica (prompts about it get the base model); delete and register it again")
+                     "on this replica, so chat is refused and readiness is NOT_SERVING; restore its artifacts "
+                     "and restart, or delete and register it again")
+        self._report_quarantine(name, error)
         log.error("forget set %r: %s", name, error)
         self.registry.transition(name, State.FAILED, message=error, error=error)
 
-    def _report_quarantine(self, name: str) -> bool:
-        """Set the quarantine gauge for ``name``; True if its detector still enforces it."""
-        enforced = self.detector is not None and name in self.detector.bank.names()
+    def _report_quarantine(self, name: str, reason: str) -> bool:
+        """Set the quarantine gauge for ``name`` and, if nothing enforces it any more, tell the
+        enforcement guard (chat and readiness fail closed); True if its detector still enforces it."""
+        enforced = self._detector_enforces(name)
         if self.metrics is not None:
             self.metrics.forget_set_quarantined(name, "refusal" if enforced else "none")
+        if not enforced:
+            self.enforcement.mark_unenforced(name, reason)
         return enforced
 
+    def _detector_enforces(self, name: str) -> bool:
+        """Whether a detector for ``name`` is in the bank (the gate can match its prompts)."""
+        return self.detector is not None and name in self.detector.bank.names()
+
     def _clear_quarantine(self, name: str) -> None:
+        """``name`` loaded after all, or is gone: no longer quarantined nor unenforced."""
         if self.metrics is not None:
             self.metrics.forget_set_unquarantined(name)
+        self.enforcement.clear(name)
 
     def _sync_policy_sets(self) -> None:
         names = [r.name for r in self.registry.list() if r.state is not State.DELETING]
@@ -448,8 +517,9 @@ class RegistrationPipeline:
                 try:
                     await self._pick_up(name, detector_version if detector_version != have_detector else 0,
                                         adapter_version if adapter_version != have_adapter else 0)
-                except Exception:  # noqa: BLE001 - one unreadable set must not stall the others
-                    enforced = self._report_quarantine(name)
+                except Exception as exc:  # noqa: BLE001 - one unreadable set must not stall the others
+                    enforced = self._report_quarantine(
+                        name, f"published by another replica, it failed to load here ({type(exc).__name__}: {exc})")
                     log.exception("forget set %r published by another replica failed to load here; %s; "
                                   "retrying on the next poll", name,
                                   "its previous version or a refusal still applies" if enforced else "NOT ENFORCED")

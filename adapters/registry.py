@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.store import validate_name
+
+log = logging.getLogger(__name__)
 
 
 class State(str, enum.Enum):
@@ -77,6 +80,11 @@ class UnknownForgetSetError(LookupError):
 
 class UnknownJobError(LookupError):
     """No registration job with this id (gRPC NOT_FOUND)."""
+
+
+class RegistryStateError(RuntimeError):
+    """The stored registry cannot be used as it is (unreadable, or lost while the artifact store
+    still holds sets). The server refuses to start; the message says what the operator can do."""
 
 
 class InvalidTransitionError(RuntimeError):
@@ -190,10 +198,22 @@ class Registry:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Deleted rows (a forgotten set's subjects and description) are overwritten with zeros,
+            # not left in free pages; see remove() for the write-ahead log.
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RegistryStateError(
+                f"the registry {self.db_path} cannot be used: {exc}. It records which forget sets exist, so the "
+                "server does not start without it. Restore registry.db (and its -wal file) from a backup, or move "
+                "it aside to start with an empty registry (the server then refuses to start while the artifact "
+                "store still holds sets, unless recovery.discard_unregistered_artifacts=true)"
+            ) from exc
 
     def _migrate(self) -> None:
         """Add columns a registry file written by an older version lacks (idempotent; the check
@@ -390,9 +410,23 @@ class Registry:
             db.execute("UPDATE jobs SET report = ?, updated_at = ? WHERE id = ?", (json.dumps(report), time.time(), job_id))
 
     def remove(self, name: str) -> None:
-        """Forget the set and its jobs entirely (the last step of a deletion)."""
+        """Forget the set and its jobs entirely (the last step of a deletion).
+
+        ``secure_delete`` zeroes the rows in the database file, but every earlier version of
+        their pages (the set's description and subjects, each job message) is still a frame of
+        the write-ahead log: a checkpoint copies the log into the database and truncates it.
+        """
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE set_name = ?", (name,))
             cursor = db.execute("DELETE FROM forget_sets WHERE name = ?", (name,))
             if cursor.rowcount == 0:
                 raise UnknownForgetSetError(f"no forget set named {name!r}")
+        self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint the write-ahead log into the database and truncate it to zero bytes."""
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:  # another replica's connection is reading; its next checkpoint finishes the job
+            log.warning("the registry's write-ahead log %s-wal could not be truncated (busy); deleted rows may "
+                        "linger there until the next checkpoint", self.db_path)

@@ -38,6 +38,7 @@ from oblivio.v1 import oblivio_pb2_grpc
 LOG = logging.getLogger(__name__)
 
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Admin"))
+CHAT_SERVICE, ADMIN_SERVICE = SERVICE_NAMES
 
 
 def status_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -207,6 +208,7 @@ class GrpcServer:
         self.port: int | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [AuthInterceptor(self.authenticator), ErrorMappingInterceptor()]
@@ -234,8 +236,23 @@ class GrpcServer:
         return port
 
     async def mark_serving(self) -> None:
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        """Report SERVING, then keep readiness following the enforcement guard: while a forget
+        set cannot be enforced, the server ("", what a Kubernetes gRPC probe asks) and Chat are
+        NOT_SERVING; Admin stays SERVING so an operator can repair or delete the set."""
+        await self._apply_readiness()
+        self.runtime.enforcement.subscribe(self._readiness_changed)
+
+    async def _apply_readiness(self) -> None:
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        chat = serving if self.runtime.enforcement.ready else not_serving
+        await self.health.set(ADMIN_SERVICE, serving)
+        for name in ("", CHAT_SERVICE):
+            await self.health.set(name, chat)
+
+    def _readiness_changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply_readiness(), name="oblivio-readiness")
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""

@@ -221,6 +221,8 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        if not chat.enforcement.ready:  # fail closed: chat is refused, so this replica is not ready
+            return JSONResponse({"status": "unavailable", "reason": chat.enforcement.summary()}, status_code=503)
         ready = app.state.ready and await chat.backend.healthy()
         return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
 

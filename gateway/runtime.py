@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from oblivio.gateway.backends.base import GenerationBackend
 from oblivio.gateway.chat_core import ChatCore, ScoringBank
 from oblivio.gateway.config import OblivioConfig
+from oblivio.gateway.enforcement import EnforcementGuard
 from oblivio.gateway.policy_store import PolicyStore
 
 if TYPE_CHECKING:  # torch and transformers load only when a detector is really built
@@ -32,6 +33,7 @@ class Runtime:
     policy_store: PolicyStore
     metrics: Any
     chat: ChatCore
+    enforcement: EnforcementGuard  # sets that cannot be enforced now: chat and readiness follow it
     registration: Any = None  # oblivio.adapters.pipeline.RegistrationPipeline, when started
     owns_backend: bool = True  # close the backend on shutdown (False when a fixture owns it)
 
@@ -89,6 +91,8 @@ async def build_runtime(
     ``config.engine`` and started here. ``registration`` starts the forget-set registration
     pipeline (restoring registered sets into the detector, backend and gate, resuming jobs).
     """
+    if registration:
+        check_stored_state(config)
     from transformers import AutoTokenizer
 
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model_path)
@@ -102,6 +106,7 @@ async def build_runtime(
         detector = build_detector(config)
     store = PolicyStore(config.artifacts_path / "gate", config.gate)
     metrics = build_metrics()
+    enforcement = EnforcementGuard(serve_unenforced=config.recovery.serve_unenforced_sets)
     chat = ChatCore(
         tokenizer=tokenizer,
         backend=backend,
@@ -110,6 +115,7 @@ async def build_runtime(
         max_model_len=config.model.max_model_len,
         served_model=config.model.served_name,
         metrics=metrics,
+        enforcement=enforcement,
     )
     runtime = Runtime(
         config=config,
@@ -119,11 +125,24 @@ async def build_runtime(
         policy_store=store,
         metrics=metrics,
         chat=chat,
+        enforcement=enforcement,
         owns_backend=owns_backend,
     )
     if registration:
-        runtime.registration = await start_registration(runtime)
+        try:
+            runtime.registration = await start_registration(runtime)
+        except BaseException:
+            await runtime.close()  # e.g. a registry that became unreadable: stop the engine too
+            raise
     return runtime
+
+
+def check_stored_state(config: OblivioConfig) -> None:
+    """Refuse to start (``RegistryStateError``) on an unreadable registry, or one that lost
+    every set the artifact store still holds, before the model and engine load."""
+    from oblivio.adapters.pipeline import check_stored_state as check
+
+    check(config.artifacts_path, discard_unregistered=config.recovery.discard_unregistered_artifacts)
 
 
 async def start_registration(runtime: Runtime) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from oblivio.adapters.registry import RegistryStateError
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.auth import Authenticator
 from oblivio.gateway.config import OblivioConfig
@@ -178,7 +179,8 @@ def run_server(config: OblivioConfig) -> int:
         return 2
     try:
         return asyncio.run(serve(config))
-    except (OSError, BackendError) as exc:
-        # Port in use, backend cannot load the model, ...: one readable line, not a traceback.
+    except (OSError, BackendError, RegistryStateError) as exc:
+        # Port in use, backend cannot load the model, registry unreadable or lost, ...: one
+        # readable line, not a traceback.
         print(f"oblivio: cannot start the gateway: {exc}", file=sys.stderr)
         return 1
