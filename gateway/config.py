@@ -192,29 +192,6 @@ class RecoveryConfig(_Section):
     )
 
 
-class RecoveryConfig(_Section):
-    """Explicit operator overrides for broken stored state. Both default to failing closed: a
-    trusted server never serves forgotten data, and never deletes stored artifacts, because its
-    own state is broken."""
-
-    serve_unenforced_sets: bool = Field(
-        default=False,
-        description=(
-            "Serve chat while a registered forget set cannot be enforced (its detector failed to load); "
-            "prompts about it then get the base model. Default: chat is refused (UNAVAILABLE / 503) and "
-            "readiness is NOT_SERVING until the set is restored or deleted."
-        ),
-    )
-    discard_unregistered_artifacts: bool = Field(
-        default=False,
-        description=(
-            "Start even though the registry (registry.db) is missing or empty while the artifact store "
-            "holds forget sets, and delete those sets' artifacts. Default: refuse to start (restore the "
-            "registry volume instead)."
-        ),
-    )
-
-
 class OblivioConfig(_Section):
     home: Path = Field(default_factory=oblivio_home)
     artifacts_dir: Path | None = Field(
@@ -227,7 +204,6 @@ class OblivioConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
 
     @property

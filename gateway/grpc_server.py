@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from oblivio.gateway.admin_service import AdminServicer
-from oblivio.gateway.auth import AuthInterceptor, Authenticator, server_credentials
+from oblivio.gateway.auth import CHAT_METHOD_PREFIX, AuthInterceptor, Authenticator, server_credentials
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import ChatCore
 from oblivio.gateway.proto_convert import (
@@ -118,17 +118,80 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith("/oblivio.v1."):
             return handler
         method = details.method
-        common = dict(
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **common)
-        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **common)
+        return _rewrap(handler, lambda inner, streams: (_wrap_stream if streams else _wrap_unary)(inner, method))
+
+
+Behaviour = Callable[..., Any]
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour]) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour replaced by ``wrap(behaviour, responses_stream)``."""
+    common = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **common)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **common)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **common)
+
+
+class ChatConcurrencyLimit(grpc.aio.ServerInterceptor):
+    """At most ``limit`` Chat calls in progress; one more is refused at once with
+    RESOURCE_EXHAUSTED. Health, reflection and Admin are not counted.
+
+    Why not grpc's ``maximum_concurrent_rpcs``: it counts every call, so a server full of chat
+    streams refused its own health checks and Admin calls, and a Kubernetes probe restarted a
+    replica exactly when it was busy. Runs on the server's event loop, so a plain counter is safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the chat concurrency limit must be at least 1")
+        self.limit = limit
+        self.active = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(CHAT_METHOD_PREFIX):
+            return handler
+        return _rewrap(handler, self._limited)
+
+    def _limited(self, inner: Behaviour, streams: bool) -> Behaviour:
+        """``inner`` holding one of the limit's slots from admission until it returns or ends."""
+        if streams and inspect.isasyncgenfunction(inner):
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._admit(context)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    self.active -= 1
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context)
+            try:
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                self.active -= 1
+
+        return unary
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        if self.active >= self.limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this server is at its limit of {self.limit} concurrent chat calls "
+                "(server.max_concurrent_requests); retry shortly or use another replica",
+            )
+        self.active += 1
 
 
 @contextlib.asynccontextmanager
@@ -209,17 +272,15 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self.chat_limit = ChatConcurrencyLimit(runtime.config.server.max_concurrent_requests)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [AuthInterceptor(self.authenticator), ErrorMappingInterceptor()]
+        """Outermost first: a call is authenticated before it may take a chat slot."""
+        return [AuthInterceptor(self.authenticator), self.chat_limit, ErrorMappingInterceptor()]
 
     async def start(self) -> int:
         config = self.runtime.config
-        server = grpc.aio.server(
-            interceptors=self._interceptors(),
-            maximum_concurrent_rpcs=config.server.max_concurrent_requests,
-            options=[("grpc.so_reuseport", 0)],
-        )
+        server = grpc.aio.server(interceptors=self._interceptors(), options=[("grpc.so_reuseport", 0)])
         oblivio_pb2_grpc.add_ChatServicer_to_server(ChatServicer(self.runtime.chat), server)
         oblivio_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
