@@ -33,7 +33,7 @@ from oblivio.eval.entity_data import EntityDataset, QAItem, build_dataset
 from oblivio.eval.facts import item_key_values
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
 from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
-from oblivio.eval.server_client import complete_all, connect, register_and_wait, set_default_policy, start_server
+from oblivio.eval.server_client import answer_all, connect, register_and_wait, set_default_policy, start_server
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
 from oblivio.gateway.admin_forget import METHOD_TO_PROTO
 
@@ -155,9 +155,10 @@ def _mean(values: Sequence[float]) -> float:
 class Evaluator:
     """Measures one configuration: generations from the server, likelihoods replayed exactly."""
 
-    def __init__(self, chat: Any, dataset: EntityDataset, target: LikelihoodScorer, retain: LikelihoodScorer,
+    def __init__(self, chat: Any, admin: Any, dataset: EntityDataset, target: LikelihoodScorer, retain: LikelihoodScorer,
                  settings: RunSettings) -> None:
-        self.chat, self.dataset, self.target, self.retain, self.settings = chat, dataset, target, retain, settings
+        self.chat, self.admin, self.dataset = chat, admin, dataset
+        self.target, self.retain, self.settings = target, retain, settings
 
     async def _likelihoods(self, asked: Sequence[tuple[str, str, tuple[str, ...]]], responses: Sequence[Any]) -> list[AnswerLikelihood]:
         """TOFU likelihoods of each (question, answer, perturbed) under its response's decision."""
@@ -168,7 +169,7 @@ class Evaluator:
 
     async def measure(self, probes: Probes, request: int, config: str) -> tuple[Measurement, list[Any]]:
         started = time.monotonic()
-        responses = await complete_all(self.chat, probes.prompts(), self.settings.max_tokens)
+        responses = await answer_all(self.chat, self.admin, probes.prompts(), self.settings.max_tokens)
         generated = time.monotonic()
         n_forget, n_retain = len(probes.forget), len(probes.retain)
         forget_r, retain_r, general_r = responses[:n_forget], responses[n_forget:n_forget + n_retain], responses[n_forget + n_retain:]
@@ -259,7 +260,7 @@ async def _run_sequence(target_model: Path, retain_model: Path, dataset: EntityD
     general_probe = [g for g in dataset.general if g.answer][: settings.probes_per_split]
     try:
         async with connect(server.grpc_target) as (chat, admin):
-            evaluator = Evaluator(chat, dataset, target_scorer, retain_scorer, settings)
+            evaluator = Evaluator(chat, admin, dataset, target_scorer, retain_scorer, settings)
             print("measuring the target model before any request (no unlearning)", flush=True)
             probes = Probes(_forget_probes(dataset, requests[:1], settings.probes_per_split), retain_probe, general_probe)
             baseline, _ = await evaluator.measure(probes, 0, BASELINE)

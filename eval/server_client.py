@@ -25,6 +25,7 @@ from oblivio.v1 import oblivio_pb2_grpc as pb_grpc
 
 _GRPC_LINE = re.compile(r"gRPC listening on (\S+)")
 REGISTRATION_CHUNK = 32
+EXPLAIN_CHUNK = 500  # conversations per ExplainBatch call (the server takes at most 1000)
 
 GATE_MODES = {
     "adapter": pb.GATE_MODE_ADAPTER,
@@ -115,20 +116,47 @@ async def set_default_policy(admin: pb_grpc.AdminStub, **changes: float | str) -
     return policy.version
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A chat reply's text with the gate's per-set decision for the same prompt.
+
+    Chat replies say only base / adapter / refusal (per-set names and scores would leak what
+    is forgotten), so the evaluation asks Admin.Explain, as an operator would, for the
+    adapters, scales and scores; the policy does not change while one batch is measured.
+    """
+
+    text: str
+    decision: pb.GateDecision
+
+
+def _user(question: str) -> list[pb.ChatMessage]:
+    return [pb.ChatMessage(role=pb.ROLE_USER, content=question)]
+
+
 async def complete(chat: pb_grpc.ChatStub, question: str, max_tokens: int) -> pb.ChatResponse:
-    request = pb.ChatRequest(
-        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=question)],
-        sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
-    )
+    request = pb.ChatRequest(messages=_user(question), sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens))
     return await chat.Complete(request, timeout=600)
 
 
-async def complete_all(chat: pb_grpc.ChatStub, questions: Sequence[str], max_tokens: int,
-                       concurrency: int = 16) -> list[pb.ChatResponse]:
+async def explain_all(admin: pb_grpc.AdminStub, questions: Sequence[str]) -> list[pb.GateDecision]:
+    """The per-set gate decision for each question, in order (Admin.ExplainBatch)."""
+    decisions: list[pb.GateDecision] = []
+    for start in range(0, len(questions), EXPLAIN_CHUNK):
+        conversations = [pb.Conversation(messages=_user(q)) for q in questions[start:start + EXPLAIN_CHUNK]]
+        reply = await admin.ExplainBatch(pb.ExplainBatchRequest(conversations=conversations), timeout=600)
+        decisions += [result.decision for result in reply.results]
+    return decisions
+
+
+async def answer_all(chat: pb_grpc.ChatStub, admin: pb_grpc.AdminStub, questions: Sequence[str], max_tokens: int,
+                     concurrency: int = 16) -> list[Answer]:
+    """Chat answers to ``questions`` (``concurrency`` at a time) with their explained decisions."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(question: str) -> pb.ChatResponse:
         async with gate:
             return await complete(chat, question, max_tokens)
 
-    return list(await asyncio.gather(*(one(q) for q in questions)))
+    replies = await asyncio.gather(*(one(q) for q in questions))
+    decisions = await explain_all(admin, questions)
+    return [Answer(reply.text, decision) for reply, decision in zip(replies, decisions)]

@@ -25,9 +25,9 @@ from oblivio.gateway.auth import CHAT_METHOD_PREFIX, AuthInterceptor, Authentica
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import ChatCore
 from oblivio.gateway.proto_convert import (
+    chat_decision_to_proto,
     finish_reason_to_proto,
     messages_from_proto,
-    outcome_to_proto,
     sampling_from_proto,
     usage_to_proto,
 )
@@ -222,8 +222,8 @@ class ChatServicer(oblivio_pb2_grpc.ChatServicer):
             model=self.chat.served_model,
             text=result.text,
             finish_reason=finish_reason_to_proto(result.finish_reason),
-            decision=outcome_to_proto(result.outcome),
             usage=usage_to_proto(result.prompt_tokens, result.completion_tokens),
+            gate=chat_decision_to_proto(result.outcome),
         )
 
     async def StreamComplete(
@@ -237,12 +237,12 @@ class ChatServicer(oblivio_pb2_grpc.ChatServicer):
                 request_id=request.request_id or None,
                 endpoint="grpc.StreamComplete",
             )
-            decision = outcome_to_proto(session.outcome)
+            decision = chat_decision_to_proto(session.outcome)
             sent_decision = finished = False
             async for chunk in session.chunks():
                 message = pb.ChatChunk(id=session.request_id, delta=chunk.text)
                 if not sent_decision:
-                    message.decision.CopyFrom(decision)
+                    message.gate.CopyFrom(decision)
                     sent_decision = True
                 if chunk.finish_reason is not None:
                     message.finish_reason = finish_reason_to_proto(chunk.finish_reason)
@@ -256,7 +256,7 @@ class ChatServicer(oblivio_pb2_grpc.ChatServicer):
                     usage=usage_to_proto(session.prompt_tokens, session.completion_tokens),
                 )
                 if not sent_decision:
-                    message.decision.CopyFrom(decision)
+                    message.gate.CopyFrom(decision)
                 yield message
 
 

@@ -103,37 +103,22 @@ def error_response(status: int, message: str, *, kind: str, param: str | None = 
 
 
 def decision_json(outcome: GateOutcome) -> dict[str, Any]:
-    decision = outcome.decision
+    """The ``oblivio`` extension field: how the request was served, nothing per forget set.
+
+    Set names, scores and adapter scales would let any chat key confirm a forgotten fact and
+    list the forget sets; operators read them from Admin Explain and the server log.
+    """
     return {
-        "decision": decision.label,
-        "refused": decision.refuse,
-        "policy_version": decision.policy_version,
-        "adapters": [{"name": name, "scale": scale} for name, scale in decision.adapters],
-        "forget_sets": [
-            {
-                "name": v.name,
-                "score": None if v.score != v.score else v.score,  # NaN is not JSON
-                "matched": v.matched,
-                "scale": v.scale,
-                "reason": v.reason,
-            }
-            for v in decision.verdicts
-        ],
-        "detector_error": outcome.detector_error,
+        "decision": outcome.label,
+        "refused": outcome.decision.refuse,
+        "policy_version": outcome.decision.policy_version,
+        "detector_error": outcome.detector_error is not None,
     }
 
 
 def decision_header(outcome: GateOutcome) -> str:
-    """Compact, greppable form: ``adapter; adapters=paris:0.5,rome:1; policy_version=3``."""
-    decision = outcome.decision
-    parts = [decision.label]
-    if decision.adapters:
-        parts.append("adapters=" + ",".join(f"{name}:{scale:g}" for name, scale in decision.adapters))
-    matched = [v.name for v in decision.verdicts if v.matched]
-    if matched:
-        parts.append("matched=" + ",".join(matched))
-    parts.append(f"policy_version={decision.policy_version}")
-    return "; ".join(parts)
+    """Compact, greppable form of :func:`decision_json`: ``adapter; policy_version=3``."""
+    return f"{outcome.label}; policy_version={outcome.decision.policy_version}"
 
 
 def _error_for(exc: Exception) -> JSONResponse:

@@ -18,6 +18,7 @@ FINISH_REASONS = {
     "length": pb.FINISH_REASON_LENGTH,
     FINISH_REFUSED: pb.FINISH_REASON_REFUSED,
 }
+SERVED = {"base": pb.SERVED_BASE, "adapter": pb.SERVED_ADAPTER, "refusal": pb.SERVED_REFUSED}
 
 
 def messages_from_proto(messages: Sequence[pb.ChatMessage]) -> list[Message]:
@@ -58,6 +59,15 @@ def decision_to_proto(decision: gate.GateDecision, *, detector_error: bool = Fal
 
 def outcome_to_proto(outcome: GateOutcome) -> pb.GateDecision:
     return decision_to_proto(outcome.decision, detector_error=outcome.detector_error is not None)
+
+
+def chat_decision_to_proto(outcome: GateOutcome) -> pb.ChatDecision:
+    """What a Chat client may learn of the decision: no set names, scores or scales."""
+    return pb.ChatDecision(
+        served=SERVED[outcome.label],
+        policy_version=outcome.decision.policy_version,
+        detector_error=outcome.detector_error is not None,
+    )
 
 
 def explain_to_proto(outcome: GateOutcome) -> pb.ExplainResponse:

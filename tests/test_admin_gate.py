@@ -332,8 +332,7 @@ async def test_policy_updates_reach_new_chat_requests_atomically(detector_admin,
     reply = await chat.Complete(
         pb.ChatRequest(messages=_user(KEEP_PROBES[2]), sampling=pb.SamplingParams(max_tokens=2)), timeout=120
     )
-    assert reply.decision.policy_version == applied.version
-    assert [a.name for a in reply.decision.adapters] == [GATE_SET]
+    assert reply.gate.policy_version == applied.version and reply.gate.served == pb.SERVED_ADAPTER
     metrics = detector_gateway.runtime.metrics.registry
     assert metrics.get_sample_value("oblivio_gate_decisions_total", {"decision": "adapter"}) >= 1
     assert metrics.get_sample_value("oblivio_detector_score_count", {"forget_set": GATE_SET}) >= 1

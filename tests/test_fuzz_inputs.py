@@ -147,7 +147,7 @@ async def test_fuzz_grpc_chat(fuzz_gateway, fuzz_channel, request) -> None:
     call = oblivio_pb2_grpc.ChatStub(fuzz_channel).StreamComplete(request, timeout=60)
     try:
         first = await call.read()  # the first message proves parsing + gating succeeded
-        assert first is grpc.aio.EOF or first.HasField("decision")
+        assert first is grpc.aio.EOF or first.HasField("gate")
     except grpc.aio.AioRpcError as err:
         assert err.code() not in BAD_GRPC, (request, err.details())
         assert err.details(), request

@@ -40,8 +40,8 @@ async def test_unary_complete_answers_and_reports_decision(grpc_channel) -> None
     assert 0 < response.usage.completion_tokens <= 12
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
     # No forget sets registered: base model, not refused, under the store's first policy.
-    assert not response.decision.refused and not response.decision.adapters
-    assert response.decision.policy_version >= 1
+    assert response.gate.served == pb.SERVED_BASE and not response.gate.detector_error
+    assert response.gate.policy_version >= 1
 
 
 async def test_stream_matches_unary_and_frames_decision_and_usage(grpc_channel) -> None:
@@ -50,8 +50,8 @@ async def test_stream_matches_unary_and_frames_decision_and_usage(grpc_channel) 
     chunks = [chunk async for chunk in stub.StreamComplete(_request(request_id="stream-1"), timeout=120)]
     assert len(chunks) >= 2
     assert "".join(c.delta for c in chunks) == unary.text  # greedy: same text either way
-    assert chunks[0].HasField("decision") and chunks[0].decision.policy_version >= 1
-    assert all(not c.HasField("decision") for c in chunks[1:])
+    assert chunks[0].HasField("gate") and chunks[0].gate.policy_version >= 1
+    assert all(not c.HasField("gate") for c in chunks[1:])
     assert all(c.id == "stream-1" for c in chunks)
     assert chunks[-1].finish_reason != pb.FINISH_REASON_UNSPECIFIED
     assert chunks[-1].usage.completion_tokens == unary.usage.completion_tokens

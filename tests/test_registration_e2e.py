@@ -96,7 +96,7 @@ async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
             events.append(event)
             if event.state == pb.REGISTRATION_STATE_TRAINING and refused_while_training is None:
                 reply = await chat.Complete(_chat(PARAPHRASE))
-                refused_while_training = reply.decision.refused
+                refused_while_training = reply.gate.served == pb.SERVED_REFUSED
                 assert "Paris" not in reply.text
         stop.set()
         await asyncio.wait_for(streamer, timeout=120)
@@ -118,9 +118,11 @@ async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
 
         after = await chat.Complete(_chat(PARAPHRASE))
         assert "Paris" not in after.text
-        assert after.decision.refused or [a.name for a in after.decision.adapters] == ["france"]
+        assert after.gate.served in (pb.SERVED_REFUSED, pb.SERVED_ADAPTER)
+        detail = (await admin.Explain(pb.ExplainRequest(messages=_chat(PARAPHRASE).messages))).decision
+        assert detail.refused or [a.name for a in detail.adapters] == ["france"]
         unrelated = await chat.Complete(_chat(UNRELATED))
-        assert unrelated.text == before_unrelated and not unrelated.decision.adapters
+        assert unrelated.text == before_unrelated and unrelated.gate.served == pb.SERVED_BASE
 
         # Errors a person can act on, with the right codes.
         with pytest.raises(grpc.aio.AioRpcError) as dup:
@@ -137,7 +139,7 @@ async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
         assert deleted.name == "france"
         assert "france" not in forget_gateway.runtime.backend.list_adapters()
         again = await chat.Complete(_chat(PARAPHRASE))
-        assert not again.decision.refused and not again.decision.adapters and again.text == before_forget
+        assert again.gate.served == pb.SERVED_BASE and again.text == before_forget
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:

@@ -98,7 +98,7 @@ async def test_two_gateway_processes_share_registrations_policy_and_deletions(mo
                 return await chat_b.Complete(request, timeout=300)
 
             before = await complete_b()
-            assert not before.decision.refused and not before.decision.adapters and _verdict(before.decision) is None
+            assert before.gate.served == pb.SERVED_BASE and _verdict(await explain_b()) is None
 
             # (a) register on A; B enforces it (refusal while A trains, or the adapter once LIVE).
             registration = asyncio.create_task(register_and_wait(admin_a, SET, PAIRS, ["France", "Paris"],
@@ -117,28 +117,32 @@ async def test_two_gateway_processes_share_registrations_policy_and_deletions(mo
             timings = await asyncio.wait_for(registration, 300)  # A reached LIVE
 
             async def b_applies_adapter() -> pb.GateDecision | None:
-                decision = (await complete_b()).decision
-                return decision if [a.name for a in decision.adapters] == [SET] and not decision.refused else None
+                served = (await complete_b()).gate.served
+                decision = await explain_b()  # chat replies name no set: which adapter is Admin's to see
+                applied = [a.name for a in decision.adapters] == [SET] and not decision.refused
+                return decision if served == pb.SERVED_ADAPTER and applied else None
 
             _, adapter_delay = await _until(b_applies_adapter, "loading the LIVE adapter")
 
             # (b) a gate-policy change on A (mode refusal) changes B's decision for the same prompt.
             version = await set_default_policy(admin_a, mode="refusal")
 
-            async def b_refuses() -> pb.GateDecision | None:
-                decision = (await complete_b()).decision
-                return decision if decision.refused and decision.policy_version == version else None
+            async def b_refuses() -> pb.ChatDecision | None:
+                decision = (await complete_b()).gate
+                return decision if decision.served == pb.SERVED_REFUSED and decision.policy_version == version else None
 
-            refused, policy_delay = await _until(b_refuses, f"applying policy version {version}")
-            assert not refused.adapters and _verdict(refused).matched
+            _, policy_delay = await _until(b_refuses, f"applying policy version {version}")
+            refused = await explain_b()
+            assert refused.refused and not refused.adapters and _verdict(refused).matched
             assert (await admin_b.GetGatePolicy(pb.GetGatePolicyRequest())).version == version
 
             # (c) delete on A; B unloads the set and answers from the base model again.
             await admin_a.DeleteForgetSet(pb.DeleteForgetSetRequest(name=SET))
 
             async def b_forgot_the_set() -> pb.GateDecision | None:
-                decision = (await complete_b()).decision
-                return decision if _verdict(decision) is None else None
+                served = (await complete_b()).gate.served
+                decision = await explain_b()
+                return decision if served == pb.SERVED_BASE and _verdict(decision) is None else None
 
             after, delete_delay = await _until(b_forgot_the_set, "unloading the deleted set")
             assert not after.refused and not after.adapters

@@ -38,7 +38,7 @@ async def test_graceful_shutdown_finishes_in_flight_requests(model_path, referen
     async with grpc.aio.insecure_channel(target) as channel, httpx.AsyncClient(base_url=http_url, timeout=120) as http:
         stream = oblivio_pb2_grpc.ChatStub(channel).StreamComplete(_request(10), timeout=120)
         first = await stream.read()
-        assert first.HasField("decision")
+        assert first.HasField("gate")
         body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}
         http_call = asyncio.create_task(http.post("/v1/chat/completions", json=body))
         # Drain only once the HTTP request is being served (it waits behind the gRPC stream).

@@ -24,6 +24,13 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_REFUSED: _ClassVar[FinishReason]
 
+class Served(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVED_UNSPECIFIED: _ClassVar[Served]
+    SERVED_BASE: _ClassVar[Served]
+    SERVED_ADAPTER: _ClassVar[Served]
+    SERVED_REFUSED: _ClassVar[Served]
+
 class TrainingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRAINING_METHOD_UNSPECIFIED: _ClassVar[TrainingMethod]
@@ -64,6 +71,10 @@ FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_REFUSED: FinishReason
+SERVED_UNSPECIFIED: Served
+SERVED_BASE: Served
+SERVED_ADAPTER: Served
+SERVED_REFUSED: Served
 TRAINING_METHOD_UNSPECIFIED: TrainingMethod
 TRAINING_METHOD_REFUSAL: TrainingMethod
 TRAINING_METHOD_NPO: TrainingMethod
@@ -120,6 +131,16 @@ class ChatRequest(_message.Message):
     request_id: str
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class ChatDecision(_message.Message):
+    __slots__ = ("served", "policy_version", "detector_error")
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_ERROR_FIELD_NUMBER: _ClassVar[int]
+    served: Served
+    policy_version: int
+    detector_error: bool
+    def __init__(self, served: _Optional[_Union[Served, str]] = ..., policy_version: _Optional[int] = ..., detector_error: _Optional[bool] = ...) -> None: ...
+
 class SetVerdict(_message.Message):
     __slots__ = ("forget_set", "score", "matched", "scale", "reason")
     FORGET_SET_FIELD_NUMBER: _ClassVar[int]
@@ -167,34 +188,34 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("id", "model", "text", "finish_reason", "decision", "usage")
+    __slots__ = ("id", "model", "text", "finish_reason", "usage", "gate")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
-    DECISION_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     text: str
     finish_reason: FinishReason
-    decision: GateDecision
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., decision: _Optional[_Union[GateDecision, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    gate: ChatDecision
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., gate: _Optional[_Union[ChatDecision, _Mapping]] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("id", "delta", "decision", "finish_reason", "usage")
+    __slots__ = ("id", "delta", "finish_reason", "usage", "gate")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
-    DECISION_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     delta: str
-    decision: GateDecision
     finish_reason: FinishReason
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., delta: _Optional[str] = ..., decision: _Optional[_Union[GateDecision, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    gate: ChatDecision
+    def __init__(self, id: _Optional[str] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., gate: _Optional[_Union[ChatDecision, _Mapping]] = ...) -> None: ...
 
 class ForgetSetHeader(_message.Message):
     __slots__ = ("name", "description", "subjects", "method", "keep_data")

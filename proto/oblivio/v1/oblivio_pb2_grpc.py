@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ChatStub:
-    """Chat completions for applications; every response carries the gate decision.
+    """Chat completions for applications; every response carries the gate decision (ChatDecision).
     """
 
     def __init__(self, channel):
@@ -48,7 +48,7 @@ class ChatStub:
 
 
 class ChatServicer:
-    """Chat completions for applications; every response carries the gate decision.
+    """Chat completions for applications; every response carries the gate decision (ChatDecision).
     """
 
     def Complete(self, request, context):
@@ -88,7 +88,7 @@ def add_ChatServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Chat:
-    """Chat completions for applications; every response carries the gate decision.
+    """Chat completions for applications; every response carries the gate decision (ChatDecision).
     """
 
     @staticmethod
