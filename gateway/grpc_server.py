@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -77,10 +78,46 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: 
     await context.abort(code, message)
 
 
+class UndecodableRequestError(ValueError):
+    """A request message did not parse (e.g. a string field that is not UTF-8): INVALID_ARGUMENT.
+
+    gRPC itself answers a deserializer's exception with UNKNOWN, which reads like a server
+    fault; so the deserializer returns this instead and the handler wrapper raises it.
+    """
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return UndecodableRequestError(f"the request message does not parse: {exc}")
+
+    return parse
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, UndecodableRequestError):
+            raise request
+        yield request
+
+
+def _checked(request: Any) -> Any:
+    """The request, raising if it did not parse (see :func:`_tolerant`); a client stream is
+    checked message by message as the handler reads it."""
+    if isinstance(request, UndecodableRequestError):
+        raise request
+    return _checked_stream(request) if hasattr(request, "__aiter__") else request
+
+
 def _wrap_unary(inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            result = inner(request, context)
+            result = inner(_checked(request), context)
             return await result if inspect.isawaitable(result) else result
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -96,7 +133,7 @@ def _wrap_stream(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in inner(request, context):
+            async for item in inner(_checked(request), context):
                 yield item
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -118,15 +155,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith("/oblivio.v1."):
             return handler
         method = details.method
-        return _rewrap(handler, lambda inner, streams: (_wrap_stream if streams else _wrap_unary)(inner, method))
+        return _rewrap(handler, lambda inner, streams: (_wrap_stream if streams else _wrap_unary)(inner, method),
+                       request_deserializer=_tolerant(handler.request_deserializer))
 
 
 Behaviour = Callable[..., Any]
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour]) -> grpc.RpcMethodHandler:
-    """``handler`` with its behaviour replaced by ``wrap(behaviour, responses_stream)``."""
-    common = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour], *,
+            request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour replaced by ``wrap(behaviour, responses_stream)`` (and its
+    request deserializer by ``request_deserializer``, when given)."""
+    common = dict(request_deserializer=request_deserializer or handler.request_deserializer,
+                  response_serializer=handler.response_serializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **common)
     if handler.unary_stream:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oblivio.gateway.backends.base import BackendError
@@ -38,6 +38,18 @@ DECISION_HEADER = "x-oblivio-decision"
 POLICY_HEADER = "x-oblivio-policy-version"
 # OpenAI has no "refused by a gateway" reason; content_filter is the one clients already handle.
 OPENAI_FINISH = {"stop": "stop", "length": "length", FINISH_REFUSED: "content_filter"}
+# JSON's \uD800-\uDFFF escapes decode to lone surrogates: Python strings, but not Unicode text
+# that the tokenizer, the engine or a UTF-8 error message can take.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class RequestFieldError(ChatInputError):
+    """A request field is invalid (HTTP 400); ``param`` names it, as OpenAI's errors do."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContentPart(BaseModel):
@@ -63,7 +75,7 @@ class ChatMessageIn(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -79,8 +91,18 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
-    stream: bool = False
+    # Strict: "yes" or "false" as a string must not silently pick a response format.
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits_int64(cls, seed: int | None) -> int | None:
+        """The engines take 64-bit seeds; a larger one failed inside generation as a 503 that
+        clients retried, so it is refused here as the client's mistake."""
+        if seed is not None and not INT64_MIN <= seed <= INT64_MAX:
+            raise ValueError(f"must fit in a signed 64-bit integer, [{INT64_MIN}, {INT64_MAX}]")
+        return seed
 
     def sampling(self) -> SamplingRequest:
         if self.n != 1:
@@ -125,11 +147,64 @@ def _error_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, ModelNotServedError):
         return error_response(404, str(exc), kind="invalid_request_error", param="model", code="model_not_found")
     if isinstance(exc, ValueError):
-        return error_response(400, str(exc), kind="invalid_request_error")
+        return error_response(400, str(exc), kind="invalid_request_error", param=getattr(exc, "param", None))
     if isinstance(exc, BackendError):
         return error_response(503, str(exc), kind="server_error", code="backend_unavailable")
     LOG.exception("chat completion failed", exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
+
+
+def _children(value: Any, path: str) -> Iterable[tuple[str, Any]]:
+    """(path, item) of a JSON container's items, paths as in error messages: ``messages[0].content``."""
+    if isinstance(value, dict):
+        return ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    if isinstance(value, list):
+        return ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    return ()
+
+
+def _invalid_text_at(value: Any, path: str = "") -> str | None:
+    """Where in a decoded JSON body a string (value or key) holds a lone surrogate, else None."""
+    if isinstance(value, str):
+        return path if LONE_SURROGATE.search(value) else None
+    if isinstance(value, dict) and any(LONE_SURROGATE.search(key) for key in value):
+        return f"a key of {path or 'the body'}"  # the key itself cannot be printed
+    for child_path, item in _children(value, path):
+        if (where := _invalid_text_at(item, child_path)) is not None:
+            return where
+    return None
+
+
+def _validation_error(error: ValidationError) -> RequestFieldError:
+    """The first pydantic error as a message that names the field, like ``stream: ...``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return RequestFieldError(f"{where}: {first['msg'].removeprefix('Value error, ')}", param=where or None)
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat completion body; every failure is a RequestFieldError (400).
+
+    Done by hand rather than by FastAPI's body parameter so that it runs after authentication
+    (an unauthenticated client learns nothing about what a valid body looks like), and so that
+    strings that are not Unicode text are refused here, naming the field, instead of failing
+    later in the tokenizer, the engine or the error response itself.
+    """
+    try:
+        data = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestFieldError("the request body must be a JSON object in UTF-8") from None
+    if not isinstance(data, dict):
+        raise RequestFieldError("the request body must be a JSON object")
+    if (where := _invalid_text_at(data)) is not None:
+        raise RequestFieldError(
+            f"{where} must be valid Unicode text: it holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
+            param=where,
+        )
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
 
 
 class BodySizeLimit:
@@ -179,18 +254,12 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.ready = False
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}", kind="invalid_request_error", param=where or None)
-
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # FastAPI answers an unparseable body (not JSON, invalid UTF-8) with {"detail": ...};
-        # OpenAI clients only understand {"error": {...}}, so keep that shape for every error.
+        # Starlette answers 404 / 405 / 413 with {"detail": ...}; OpenAI clients only
+        # understand {"error": {...}}, so keep that shape for every error.
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(exc.status_code, f"{exc.detail} (send a UTF-8 JSON object)" if exc.status_code == 400 else str(exc.detail), kind=kind)
+        return error_response(exc.status_code, str(exc.detail), kind=kind)
 
     def _check_auth(request: Request) -> JSONResponse | None:
         if authenticator is None:
@@ -221,10 +290,12 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         })
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    async def chat_completions(request: Request) -> Any:
         if (denied := _check_auth(request)) is not None:
             return denied
+        raw = await request.body()  # outside the try: an oversized body's 413 has its own handler
         try:
+            body = parse_chat_request(raw)
             messages = [m.to_message(i) for i, m in enumerate(body.messages)]
             session = await chat.start(
                 messages, body.sampling(), model=body.model, endpoint="http.chat_completions"

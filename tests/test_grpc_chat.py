@@ -107,6 +107,38 @@ async def test_bad_input_is_rejected_with_a_clear_status(grpc_channel, request_,
         assert fragment in failure.value.details()
 
 
+def _with_undecodable_stop() -> bytes:
+    """A ChatRequest whose stop string is not UTF-8 (a client below the generated stubs can
+    send it; the stubs cannot): SamplingParams.stop = b"\\xff" appended as field 2."""
+    valid = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=QUESTION)]).SerializeToString()
+    return valid + bytes([0x12, 3, 0x22, 1, 0xFF])
+
+
+@pytest.mark.parametrize("method", ["Complete", "StreamComplete"])
+async def test_undecodable_request_is_invalid_argument(grpc_channel, method: str) -> None:
+    """gRPC's own answer to an unparseable message is UNKNOWN, which reads as a server fault."""
+    call = (grpc_channel.unary_unary if method == "Complete" else grpc_channel.unary_stream)(
+        f"/oblivio.v1.Chat/{method}", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        result = call(_with_undecodable_stop(), timeout=60)
+        if method == "Complete":
+            await result
+        else:
+            [_ async for _ in result]
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bad UTF-8" in failure.value.details()
+
+
+async def test_int64_seed_bounds_are_served(grpc_channel) -> None:
+    stub = oblivio_pb2_grpc.ChatStub(grpc_channel)
+    for seed in (2**63 - 1, -(2**63)):
+        request = _request(max_tokens=2)
+        request.sampling.seed = seed
+        response = await stub.Complete(request, timeout=120)
+        assert response.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+
+
 async def test_cancelling_a_stream_stops_generation(serving_gateway, grpc_channel) -> None:
     stub = oblivio_pb2_grpc.ChatStub(grpc_channel)
     endpoint = {"endpoint": "grpc.StreamComplete"}

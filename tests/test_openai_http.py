@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -71,8 +73,9 @@ async def test_sse_wire_format(serving_gateway) -> None:
         ({"messages": MESSAGES, "temperature": -1}, openai.BadRequestError, "temperature"),
         ({"messages": MESSAGES, "n": 2}, openai.BadRequestError, "n must be 1"),
         ({"messages": MESSAGES, "model": "gpt-4"}, openai.NotFoundError, "not served"),
+        ({"messages": MESSAGES, "seed": 2**70}, openai.BadRequestError, "seed: must fit in a signed 64-bit integer"),
     ],
-    ids=["empty", "too-long", "bad-role", "bad-temperature", "n", "unknown-model"],
+    ids=["empty", "too-long", "bad-role", "bad-temperature", "n", "unknown-model", "huge-seed"],
 )
 async def test_bad_requests_get_openai_errors(openai_client, serving_gateway, kwargs, error, fragment) -> None:
     kwargs = {"model": serving_gateway.runtime.config.model.served_name, **kwargs}
@@ -93,3 +96,42 @@ async def test_metrics_and_health_endpoints(serving_gateway, openai_client) -> N
     assert metrics.status_code == 200
     assert 'oblivio_gate_decisions_total{decision="base"}' in metrics.text
     assert 'oblivio_requests_total{code="ok",endpoint="http.chat_completions"}' in metrics.text
+
+
+def _json(body: dict) -> bytes:
+    """JSON as clients send it: a lone surrogate goes out as its ``\\uD800`` escape."""
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "fragment"),
+    [
+        (_json({"messages": [{"role": "user", "content": "Hi \ud800"}]}), "messages[0].content", "must be valid Unicode text"),
+        (_json({"model": "\udfff", "messages": MESSAGES}), "model", "must be valid Unicode text"),
+        (_json({"messages": MESSAGES, "stop": "\ud800"}), "stop", "must be valid Unicode text"),
+        (_json({"messages": MESSAGES, "stop": ["ok", "\ud800"]}), "stop[1]", "must be valid Unicode text"),
+        (_json({"messages": MESSAGES, "seed": -(2**63) - 1}), "seed", "must fit in a signed 64-bit integer"),
+        (_json({"messages": MESSAGES, "stream": "yes"}), "stream", "valid boolean"),
+        (_json({"messages": MESSAGES, "stream": True, "stream_options": {"include_usage": "true"}}),
+         "stream_options.include_usage", "valid boolean"),
+        (b"\xff\xfe not json", None, "JSON object in UTF-8"),
+        (b"[1, 2]", None, "must be a JSON object"),
+    ],
+    ids=["surrogate-content", "surrogate-model", "surrogate-stop", "surrogate-stop-list", "small-seed", "stream-string",
+         "include-usage-string", "not-utf8", "not-object"],
+)
+async def test_malformed_bodies_get_400_naming_the_field(serving_gateway, raw: bytes, param: str | None, fragment: str) -> None:
+    """Each once got a 500 (TypeError, or a plain-text 500), a retryable 503, or was accepted."""
+    async with httpx.AsyncClient(base_url=serving_gateway.http_url, timeout=60) as client:
+        response = await client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert fragment in error["message"]
+
+
+async def test_int64_seed_bounds_are_served(openai_client, serving_gateway) -> None:
+    model = serving_gateway.runtime.config.model.served_name
+    for seed in (2**63 - 1, -(2**63)):
+        completion = await openai_client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, seed=seed)
+        assert completion.choices[0].finish_reason in ("stop", "length")
