@@ -23,20 +23,30 @@ torch indexing turns into the LAST slot: a base-model request batched with adapt
 silently got whichever adapter sat in that slot (found by the continual evaluation: kept
 people's questions answered with the unlearning refusal while the gate applied nothing). The
 null adapter gives every request a real slot; the engine gets one extra slot for it.
+
+The engine runs in vLLM's own EngineCore process (and, on GPUs with tensor parallelism, worker
+processes under it). Nothing in vLLM ends that process when the gateway dies without a clean
+shutdown (kill -9, OOM kill): it kept running, with its memory, and competed with the restarted
+server. So the EngineCore is started through :func:`_engine_core_dying_with`, which watches its
+parent and ends the EngineCore (and so its workers, which vLLM ties to it) once the gateway is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +74,56 @@ log = logging.getLogger(__name__)
 
 # (adapter name, adapter version, grid scale) for each part of a variant, sorted by name.
 VariantKey = tuple[tuple[str, int, float], ...]
+# How often an orphan-proof EngineCore checks its parent, and how long it may take to shut down
+# cleanly (vLLM's SIGTERM handler stops its workers) before it is killed.
+PARENT_POLL_S = 0.5
+ORPHAN_SHUTDOWN_GRACE_S = 5.0
+
+
+def _end_when_parent_is_gone(parent: int) -> None:
+    """In the EngineCore process: once ``parent`` (the gateway) is gone, SIGTERM ourselves,
+    then SIGKILL after :data:`ORPHAN_SHUTDOWN_GRACE_S`.
+
+    A polling thread rather than ``PR_SET_PDEATHSIG``: that signal fires when the parent
+    *thread* that started us exits, and the engine is started from a worker thread
+    (``asyncio.to_thread``), so it could kill a healthy engine. ``getppid()`` changes exactly when
+    the parent process is gone (we are re-parented to init or a subreaper).
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.error("the gateway (pid %d) is gone; stopping this vLLM engine process", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_SHUTDOWN_GRACE_S)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_engine_core_watching(parent: int, *args: Any, **kwargs: Any) -> None:
+    """The EngineCore process's entry point: arm the parent watch, then run vLLM's own."""
+    threading.Thread(target=_end_when_parent_is_gone, args=(parent,), name="oblivio-parent-watch",
+                     daemon=True).start()
+    from vllm.v1.engine.core import EngineCoreProc
+
+    EngineCoreProc.run_engine_core(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _engine_core_dying_with(parent: int) -> Iterator[None]:
+    """While vLLM starts its EngineCore process, make its entry point
+    :func:`_run_engine_core_watching` (``parent`` bound).
+
+    vLLM has no hook for code in that process; it pickles the class's ``run_engine_core`` as
+    the spawned process's target, by reference, so a module-level function bound with
+    ``functools.partial`` is what the child runs (and it calls the unpatched original there).
+    The class is restored as soon as the engine started.
+    """
+    from vllm.v1.engine.core import EngineCoreProc
+
+    original = EngineCoreProc.__dict__["run_engine_core"]
+    EngineCoreProc.run_engine_core = staticmethod(functools.partial(_run_engine_core_watching, parent))
+    try:
+        yield
+    finally:
+        EngineCoreProc.run_engine_core = original
 
 
 @dataclass(frozen=True)
@@ -169,7 +229,8 @@ class VLLMBackend:
         self._variant_dir = Path(tempfile.mkdtemp(prefix="variants-", dir=self.work_dir))
         args = self.engine_args()
         try:
-            self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            with _engine_core_dying_with(os.getpid()):
+                self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         except Exception as exc:  # noqa: BLE001 - any start failure means no backend
             raise BackendError(f"vLLM engine failed to start: {exc}") from exc
 
