@@ -60,8 +60,8 @@ class ServerConfig(_Section):
     http_port: int = Field(default=8000, ge=0, le=65535)
     max_concurrent_requests: int = Field(
         default=64, ge=1,
-        description="concurrent gRPC Chat calls (more get RESOURCE_EXHAUSTED; health and Admin never count); "
-                    "HTTP admits twice as many connections",
+        description="concurrent chat calls per front door: gRPC Chat (more get RESOURCE_EXHAUSTED) and HTTP "
+                    "chat completions (more get 503); health, Admin and metrics never count",
     )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="largest HTTP request body (gRPC has its own 4 MiB bound)"

@@ -36,6 +36,7 @@ LOG = logging.getLogger(__name__)
 
 DECISION_HEADER = "x-oblivio-decision"
 POLICY_HEADER = "x-oblivio-policy-version"
+CHAT_PATH = "/v1/chat/completions"
 # OpenAI has no "refused by a gateway" reason; content_filter is the one clients already handle.
 OPENAI_FINISH = {"stop": "stop", "length": "length", FINISH_REFUSED: "content_filter"}
 # JSON's \uD800-\uDFFF escapes decode to lone surrogates: Python strings, but not Unicode text
@@ -245,13 +246,43 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
+class ChatConcurrencyLimit:
+    """At most ``limit`` chat completions in progress (a stream until its last byte); one more
+    gets 503 in OpenAI's error shape at once. Nothing else counts: uvicorn's own limit counted
+    every request, so chat load made ``/health`` fail exactly when a replica was busy.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            message = (f"this server is at its limit of {self.limit} concurrent chat calls "
+                       "(server.max_concurrent_requests); retry shortly or use another replica")
+            await error_response(503, message, kind="server_error", code="server_busy")(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
-               max_body_bytes: int = 4 * 1024 * 1024) -> FastAPI:
+               max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
     """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat;
     ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered at ``/metrics``;
-    ``max_body_bytes`` bounds what one request may make the server buffer."""
+    ``max_body_bytes`` bounds what one request may make the server buffer;
+    ``max_concurrent_chats`` bounds chat completions in progress (None = unbounded)."""
     app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if max_concurrent_chats is not None:
+        app.add_middleware(ChatConcurrencyLimit, limit=max_concurrent_chats)
     app.state.ready = False
 
     @app.exception_handler(StarletteHTTPException)
@@ -289,7 +320,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
             "data": [{"id": chat.served_model, "object": "model", "created": 0, "owned_by": "oblivio"}],
         })
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat_completions(request: Request) -> Any:
         if (denied := _check_auth(request)) is not None:
             return denied

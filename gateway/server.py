@@ -70,6 +70,7 @@ class Gateway:
             authenticator=authenticator,
             metrics=runtime.metrics,
             max_body_bytes=server_config.max_request_bytes,
+            max_concurrent_chats=server_config.max_concurrent_requests,
         )
         self.http_port: int | None = None
         self._http: _EmbeddedUvicorn | None = None
@@ -109,7 +110,6 @@ class Gateway:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)) if config.shutdown_grace_s else None,
-            limit_concurrency=config.max_concurrent_requests * 2,
             # The same certificate as gRPC; client certificates (mTLS) are a gRPC-side option.
             ssl_certfile=str(auth.tls_cert_file) if auth.tls_cert_file else None,
             ssl_keyfile=str(auth.tls_key_file) if auth.tls_key_file else None,
