@@ -1,7 +1,7 @@
 """Fail closed on broken stored state (issue 17): a trusted server never serves forgotten data,
 and never deletes stored artifacts, because its own state is broken.
 
-* A registered set whose detector file is truncated cannot be enforced: chat is refused
+* A registered set whose detector file is truncated (or lost) cannot be enforced: chat is refused
   (UNAVAILABLE / 503 naming the set and the operator's options) and readiness is NOT_SERVING
   (gRPC health "" and Chat, HTTP /health), while Admin stays up to repair it. Before, the set
   was quarantined as NOT ENFORCED and its prompts got the base model.
@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,20 @@ def saved_detector(detector_extractor: Any, tmp_path_factory: pytest.TempPathFac
     return directory
 
 
-def _register_with_truncated_detector(artifacts: Path, saved: Path) -> Path:
-    """What the pipeline leaves after fitting ``BROKEN`` (detector published, ENFORCING), with
-    the detector's state file then truncated to half; returns the published detector folder."""
+def _truncate_state(detector: Path) -> None:
+    state = detector / "state.npz"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+
+def _lose_the_set_folder(detector: Path) -> None:
+    """The registry says a detector was published, but the set's folder is gone (a store
+    restored from an older backup than the registry)."""
+    shutil.rmtree(detector.parent.parent)
+
+
+def _register_broken(artifacts: Path, saved: Path, damage: Callable[[Path], None] = _truncate_state) -> None:
+    """What the pipeline leaves after fitting ``BROKEN`` (detector published, ENFORCING), then
+    ``damage`` done to the published detector folder."""
     store = ArtifactStore(artifacts / STORE_SUBDIR)
     published = store.publish(BROKEN, "detector", lambda stage: shutil.copytree(saved, stage, dirs_exist_ok=True))
     registry = Registry(artifacts / REGISTRY_FILE)
@@ -71,9 +83,7 @@ def _register_with_truncated_detector(artifacts: Path, saved: Path) -> Path:
         registry.transition(BROKEN, State.ENFORCING)
     finally:
         registry.close()
-    state = published.path / "state.npz"
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    return published.path
+    damage(published.path)
 
 
 async def _health(channel: grpc.aio.Channel, service: str) -> int:
@@ -88,14 +98,15 @@ async def _chat_error(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
 
 
 @pytest.mark.slow
-async def test_truncated_detector_refuses_chat_and_readiness_until_the_set_is_deleted(
-    model_path, reference_backend, detector_extractor, saved_detector, tmp_path
+@pytest.mark.parametrize("damage", [_truncate_state, _lose_the_set_folder], ids=["truncated", "lost"])
+async def test_a_broken_detector_refuses_chat_and_readiness_until_the_set_is_deleted(
+    model_path, reference_backend, detector_extractor, saved_detector, tmp_path, damage
 ):
     from oblivio.detector import DetectorBank
 
     config = serving_config(model_path, tmp_path)
-    detector_dir = _register_with_truncated_detector(config.artifacts_path, saved_detector)
-    stored = tree_snapshot(detector_dir)
+    _register_broken(config.artifacts_path, saved_detector, damage)
+    stored = tree_snapshot(config.artifacts_path / STORE_SUBDIR)
     async with started_gateway(config, reference_backend, DetectorBank(detector_extractor)) as gateway, \
             grpc.aio.insecure_channel(gateway.grpc_target) as channel, \
             httpx.AsyncClient(base_url=gateway.http_url, timeout=120) as http:
@@ -117,7 +128,7 @@ async def test_truncated_detector_refuses_chat_and_readiness_until_the_set_is_de
         (listed,) = (await admin.ListForgetSets(pb.ListForgetSetsRequest(), timeout=30)).forget_sets
         assert listed.state == pb.REGISTRATION_STATE_FAILED and "NOT ENFORCED" in listed.error, listed
         assert "chat is refused" in listed.error, listed.error
-        assert tree_snapshot(detector_dir) == stored  # nothing stored was touched
+        assert tree_snapshot(config.artifacts_path / STORE_SUBDIR) == stored  # nothing stored was touched
 
         # The operator deletes the set: ready again, chat served.
         await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name=BROKEN), timeout=60)
@@ -138,7 +149,7 @@ async def test_the_operator_override_serves_with_an_unenforced_set(
     from oblivio.detector import DetectorBank
 
     config = serving_config(model_path, tmp_path, **{"recovery.serve_unenforced_sets": True})
-    _register_with_truncated_detector(config.artifacts_path, saved_detector)
+    _register_broken(config.artifacts_path, saved_detector)
     async with started_gateway(config, reference_backend, DetectorBank(detector_extractor)) as gateway, \
             grpc.aio.insecure_channel(gateway.grpc_target) as channel:
         answer = await oblivio_pb2_grpc.ChatStub(channel).Complete(user_request(QUESTION), timeout=120)
