@@ -553,6 +553,8 @@ class RegistrationPipeline:
         """Unload a set another replica deleted (its files and registry row are already gone)."""
         self._loaded.pop(name, None)
         self._clear_quarantine(name)
+        if self.metrics is not None:
+            self.metrics.forget_set_removed(name)  # a deleted set's series must not stay forever
         if self.detector is not None and name in self.detector.bank.names():
             self.detector.bank.remove(name)
         if name in self.backend.list_adapters():
@@ -827,6 +829,8 @@ class RegistrationPipeline:
         if self.detector is not None and name in self.detector.bank.names():
             self.detector.bank.remove(name)
         self._clear_quarantine(name)
+        if self.metrics is not None:
+            self.metrics.forget_set_removed(name)  # a deleted set's series must not stay forever
         try:
             self.policy_store.forget(name)
         except KeyError:

@@ -28,6 +28,10 @@ CHAT_METHOD_PREFIX = "/oblivio.v1.Chat/"
 class Scope(str, Enum):
     ADMIN = "admin"
     CHAT = "chat"
+    METRICS = "metrics"
+
+
+SCOPE_NAMES = {Scope.ADMIN: "the Admin API", Scope.CHAT: "chat", Scope.METRICS: "/metrics"}
 
 
 class AuthError(Exception):
@@ -81,22 +85,30 @@ class Authenticator:
 
     admin_tokens: tuple[bytes, ...]
     chat_keys: tuple[bytes, ...]
+    metrics_tokens: tuple[bytes, ...] = ()
 
     @classmethod
     def from_config(cls, config: AuthConfig) -> "Authenticator":
         return cls(
             admin_tokens=_read_secrets(config.admin_tokens, config.admin_tokens_file),
             chat_keys=_read_secrets(config.chat_api_keys, config.chat_api_keys_file),
+            metrics_tokens=_read_secrets(config.metrics_tokens, config.metrics_tokens_file),
         )
 
+    def _own_secrets(self, scope: Scope) -> tuple[bytes, ...]:
+        return {Scope.ADMIN: self.admin_tokens, Scope.CHAT: self.chat_keys, Scope.METRICS: self.metrics_tokens}[scope]
+
     def required(self, scope: Scope) -> bool:
-        return bool(self.admin_tokens if scope is Scope.ADMIN else self.chat_keys)
+        """Admin and chat are closed once their own secrets exist; metrics once admin tokens do
+        too, since its per-set series are operator data."""
+        return bool(self._own_secrets(scope) or (scope is Scope.METRICS and self.admin_tokens))
 
     def check(self, scope: Scope, authorization: str | None) -> None:
         """Raise AuthError unless ``authorization`` ("Bearer <secret>") opens ``scope``.
 
-        An admin token also opens chat (operators test what they configure), a chat key never
-        opens admin: that case is PERMISSION_DENIED, not UNAUTHENTICATED.
+        An admin token opens every scope (operators test what they configure); a chat key or
+        metrics token opens only its own: another valid credential is PERMISSION_DENIED, not
+        UNAUTHENTICATED.
         """
         if not self.required(scope):
             return
@@ -106,11 +118,10 @@ class Authenticator:
         if kind.lower() != "bearer" or not secret.strip():
             raise AuthError("malformed authorization header: expected 'Bearer <token>'", unauthenticated=True)
         candidate = secret.strip().encode()
-        allowed = self.admin_tokens + (self.chat_keys if scope is Scope.CHAT else ())
-        if _matches_any(candidate, allowed):
+        if _matches_any(candidate, self.admin_tokens + self._own_secrets(scope)):
             return
-        if scope is Scope.ADMIN and _matches_any(candidate, self.chat_keys):
-            raise AuthError("this API key may chat but not use the Admin API", unauthenticated=False)
+        if _matches_any(candidate, self.chat_keys + self.metrics_tokens):
+            raise AuthError(f"this credential may not use {SCOPE_NAMES[scope]}", unauthenticated=False)
         raise AuthError("invalid credentials", unauthenticated=True)
 
 

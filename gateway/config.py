@@ -22,7 +22,7 @@ ENV_PREFIX = "OBLIVIO_"
 # guessed online, and a short "token" is usually a placeholder someone forgot to replace.
 MIN_SECRET_CHARS = 16
 # Fields whose values are secrets: error messages never print them (nor anything that holds them).
-SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "projection_seed"})
+SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "metrics_tokens", "projection_seed"})
 REDACTED = "<redacted>"
 
 
@@ -140,20 +140,24 @@ class TrainingConfig(_Section):
 
 class AuthConfig(_Section):
     """Credentials: the Admin API always needs one once any admin token is configured; chat
-    needs an API key only when keys are configured. Files hold one secret per line so they can
-    be mounted from a Kubernetes Secret and rotated without touching the config."""
+    needs an API key only when keys are configured; HTTP ``/metrics`` needs an admin or metrics
+    token once either is configured (a metrics token opens nothing else, so a Prometheus scraper
+    does not hold an admin credential). Files hold one secret per line so they can be mounted
+    from a Kubernetes Secret and rotated without touching the config."""
 
     admin_tokens: tuple[str, ...] = ()
     admin_tokens_file: Path | None = None
     chat_api_keys: tuple[str, ...] = ()
     chat_api_keys_file: Path | None = None
+    metrics_tokens: tuple[str, ...] = ()
+    metrics_tokens_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(
         default=None, description="CA bundle for client certificates; setting it turns on mTLS for gRPC."
     )
 
-    @field_validator("admin_tokens", "chat_api_keys")
+    @field_validator("admin_tokens", "chat_api_keys", "metrics_tokens")
     @classmethod
     def _tokens_long_enough(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
         if any(len(token) < MIN_SECRET_CHARS for token in tokens):

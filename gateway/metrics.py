@@ -5,18 +5,25 @@ prometheus_client refuses to register the same metric name twice in one registry
 :class:`GatewayMetrics` therefore owns a registry (a fresh one unless injected) and the HTTP
 ``/metrics`` endpoint renders exactly that registry with :meth:`GatewayMetrics.render`.
 
+Per-set series are labelled ``forget_set_id``, an opaque stable id (:func:`forget_set_metric_id`:
+the first 12 hex digits of SHA-256 of the set's name), never the name: the names say what was
+forgotten, and metrics end up in scrapers, dashboards and long-term storage. An operator who
+knows a name can compute its id (``printf %s NAME | sha256sum | cut -c1-12``); the id is not a
+secret against someone who guesses names, which is why ``/metrics`` also needs credentials
+when auth is configured. A deleted set's series are dropped (:meth:`GatewayMetrics.forget_set_removed`).
+
 Metric names (all prefixed ``oblivio_``):
 
 Gate
-  ``oblivio_gate_decisions_total{decision}``            requests by decision: base|adapter|refusal
-  ``oblivio_gate_set_decisions_total{forget_set,action}`` per scored set: none|adapter|refusal
-  ``oblivio_gate_detector_errors_total``                 requests decided by on_detector_error
-  ``oblivio_detector_score{forget_set}``                 histogram of calibrated scores in [0, 1]
-  ``oblivio_gate_adapter_scale{forget_set}``             histogram of applied adapter scales
-  ``oblivio_gate_latency_seconds``                       detection + gate decision, per request
-  ``oblivio_gate_policy_version``                        version of the policy last used / set
+  ``oblivio_gate_decisions_total{decision}``               requests by decision: base|adapter|refusal
+  ``oblivio_gate_set_decisions_total{forget_set_id,action}`` per scored set: none|adapter|refusal
+  ``oblivio_gate_detector_errors_total``                    requests decided by on_detector_error
+  ``oblivio_detector_score{forget_set_id}``                 histogram of calibrated scores in [0, 1]
+  ``oblivio_gate_adapter_scale{forget_set_id}``             histogram of applied adapter scales
+  ``oblivio_gate_latency_seconds``                          detection + gate decision, per request
+  ``oblivio_gate_policy_version``                           version of the policy last used / set
 Registration
-  ``oblivio_forget_set_quarantined{forget_set,enforced_by}`` 1 per set whose stored artifacts
+  ``oblivio_forget_set_quarantined{forget_set_id,enforced_by}`` 1 per set whose stored artifacts
       failed to load in this process: enforced_by="refusal" (adapter unreadable, the detector
       still matches and the gate refuses) or "none" (detector state unreadable: the set is NOT
       enforced; alert on this)
@@ -31,6 +38,7 @@ Generic (for the serving layer)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -50,6 +58,12 @@ SCALE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 GATE_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 QUARANTINE_ENFORCEMENT = ("refusal", "none")
 REQUEST_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+SET_ACTIONS = ("none", "adapter", "refusal")
+
+
+def forget_set_metric_id(name: str) -> str:
+    """The ``forget_set_id`` label of a set: stable across replicas and restarts, not its name."""
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 class GatewayMetrics:
@@ -64,7 +78,7 @@ class GatewayMetrics:
         self.set_decisions = Counter(
             "oblivio_gate_set_decisions",
             "Per forget set and request: the action the gate took for that set.",
-            ["forget_set", "action"],
+            ["forget_set_id", "action"],
             registry=r,
         )
         self.detector_errors = Counter(
@@ -75,14 +89,14 @@ class GatewayMetrics:
         self.scores = Histogram(
             "oblivio_detector_score",
             "Calibrated detector score per forget set.",
-            ["forget_set"],
+            ["forget_set_id"],
             buckets=SCORE_BUCKETS,
             registry=r,
         )
         self.scales = Histogram(
             "oblivio_gate_adapter_scale",
             "Adapter scale applied per forget set (only requests that got the adapter).",
-            ["forget_set"],
+            ["forget_set_id"],
             buckets=SCALE_BUCKETS,
             registry=r,
         )
@@ -100,7 +114,7 @@ class GatewayMetrics:
             "Forget sets whose stored artifacts failed to load in this process. enforced_by=refusal: "
             "the adapter is unreadable and matched prompts are refused; enforced_by=none: the detector "
             "state is unreadable and the set is NOT enforced on this replica.",
-            ["forget_set", "enforced_by"],
+            ["forget_set_id", "enforced_by"],
             registry=r,
         )
         self.requests = Counter(
@@ -142,11 +156,12 @@ class GatewayMetrics:
         if detector_error:
             self.detector_errors.inc()
         for verdict in decision.verdicts:
-            self.set_decisions.labels(forget_set=verdict.name, action=verdict.action).inc()
+            set_id = forget_set_metric_id(verdict.name)
+            self.set_decisions.labels(forget_set_id=set_id, action=verdict.action).inc()
             if not math.isnan(verdict.score):
-                self.scores.labels(forget_set=verdict.name).observe(verdict.score)
+                self.scores.labels(forget_set_id=set_id).observe(verdict.score)
             if verdict.action == "adapter" and not decision.refuse:
-                self.scales.labels(forget_set=verdict.name).observe(verdict.scale)
+                self.scales.labels(forget_set_id=set_id).observe(verdict.scale)
         if math.isfinite(seconds) and seconds >= 0:
             self.gate_latency.observe(seconds)
         if decision.policy_version > 0:  # 0 = a what-if policy, never live
@@ -157,10 +172,11 @@ class GatewayMetrics:
 
     def forget_set_removed(self, name: str) -> None:
         """Drop a deleted set's series so dashboards do not show it forever."""
+        set_id = forget_set_metric_id(name)
         for metric, label_sets in (
-            (self.scores, [(name,)]),
-            (self.scales, [(name,)]),
-            (self.set_decisions, [(name, a) for a in ("none", "adapter", "refusal")]),
+            (self.scores, [(set_id,)]),
+            (self.scales, [(set_id,)]),
+            (self.set_decisions, [(set_id, action) for action in SET_ACTIONS]),
         ):
             for labels in label_sets:
                 with contextlib.suppress(KeyError):
@@ -172,13 +188,13 @@ class GatewayMetrics:
         if enforced_by not in QUARANTINE_ENFORCEMENT:
             raise ValueError(f"enforced_by must be one of {QUARANTINE_ENFORCEMENT}, got {enforced_by!r}")
         self.forget_set_unquarantined(name)
-        self.quarantined.labels(forget_set=name, enforced_by=enforced_by).set(1)
+        self.quarantined.labels(forget_set_id=forget_set_metric_id(name), enforced_by=enforced_by).set(1)
 
     def forget_set_unquarantined(self, name: str) -> None:
         """The set loaded after all, or was deleted: drop its quarantine series."""
         for enforced_by in QUARANTINE_ENFORCEMENT:
             with contextlib.suppress(KeyError):
-                self.quarantined.remove(name, enforced_by)
+                self.quarantined.remove(forget_set_metric_id(name), enforced_by)
 
     # ---- generic requests ---------------------------------------------------------------
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
@@ -211,4 +227,4 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["GatewayMetrics", "forget_set_metric_id"]

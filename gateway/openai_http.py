@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from oblivio.gateway.auth import AuthError, Scope
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import (
     FINISH_REFUSED,
@@ -292,13 +293,11 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(exc.status_code, str(exc.detail), kind=kind)
 
-    def _check_auth(request: Request) -> JSONResponse | None:
+    def _check_auth(request: Request, scope: Scope = Scope.CHAT) -> JSONResponse | None:
         if authenticator is None:
             return None
-        from oblivio.gateway.auth import AuthError, Scope
-
         try:
-            authenticator.check(Scope.CHAT, request.headers.get("authorization"))
+            authenticator.check(scope, request.headers.get("authorization"))
         except AuthError as exc:
             status = 401 if exc.unauthenticated else 403
             return error_response(status, str(exc), kind="invalid_request_error", code="invalid_api_key")
@@ -398,7 +397,10 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         yield "data: [DONE]\n\n"
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        # Per-set series are operator data: an admin or metrics token once auth is configured.
+        if (denied := _check_auth(request, Scope.METRICS)) is not None:
+            return denied
         if metrics is not None:
             return Response(metrics.render(), media_type=metrics.content_type)
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from oblivio.gateway.cli import main as cli_main
+from oblivio.gateway.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -335,7 +336,7 @@ async def test_policy_updates_reach_new_chat_requests_atomically(detector_admin,
     assert reply.gate.policy_version == applied.version and reply.gate.served == pb.SERVED_ADAPTER
     metrics = detector_gateway.runtime.metrics.registry
     assert metrics.get_sample_value("oblivio_gate_decisions_total", {"decision": "adapter"}) >= 1
-    assert metrics.get_sample_value("oblivio_detector_score_count", {"forget_set": GATE_SET}) >= 1
+    assert metrics.get_sample_value("oblivio_detector_score_count", {"forget_set_id": forget_set_metric_id(GATE_SET)}) >= 1
     await admin.UpdateGatePolicy(pb.UpdateGatePolicyRequest(forget_set=GATE_SET, changes=pb.SetPolicyChanges(threshold=0.5)))
 
 

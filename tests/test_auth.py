@@ -84,3 +84,19 @@ def test_serve_with_a_short_file_token_exits_with_one_clear_line(tmp_path: Path)
     assert result.stderr.strip().splitlines() == [
         f"oblivio: token file {tokens}, line 1: tokens must be at least 16 characters"
     ]
+
+
+def test_metrics_tokens_open_metrics_only() -> None:
+    metrics_token = "metrics-token-0123456789abcdef"
+    auth = Authenticator.from_config(AuthConfig(admin_tokens=(ADMIN,), chat_api_keys=(CHAT,), metrics_tokens=(metrics_token,)))
+    auth.check(Scope.METRICS, f"Bearer {metrics_token}")
+    auth.check(Scope.METRICS, f"Bearer {ADMIN}")
+    for scope in (Scope.ADMIN, Scope.CHAT):
+        with pytest.raises(AuthError, match="may not use") as denied:
+            auth.check(scope, f"Bearer {metrics_token}")
+        assert not denied.value.unauthenticated
+    with pytest.raises(AuthError, match="may not use /metrics"):
+        auth.check(Scope.METRICS, f"Bearer {CHAT}")
+    # Metrics are closed as soon as admin tokens exist, even without metrics tokens.
+    assert Authenticator.from_config(AuthConfig(admin_tokens=(ADMIN,))).required(Scope.METRICS)
+    assert not Authenticator.from_config(AuthConfig(chat_api_keys=(CHAT,))).required(Scope.METRICS)

@@ -24,6 +24,7 @@ from fixtures_reliability import tree_snapshot, user_request
 from oblivio.adapters import store as store_module
 from oblivio.adapters.registry import State
 from oblivio.adapters.training import ForgetExample
+from oblivio.gateway.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -150,9 +151,9 @@ def _make_live(pipeline: Any, name: str, adapter: Path) -> None:
 
 
 def _quarantine_gauge(metrics: Any) -> dict[tuple[str, str], float]:
-    """``{(forget_set, enforced_by): value}`` of oblivio_forget_set_quarantined, as scraped."""
+    """``{(forget_set_id, enforced_by): value}`` of oblivio_forget_set_quarantined, as scraped."""
     return {
-        (sample.labels["forget_set"], sample.labels["enforced_by"]): sample.value
+        (sample.labels["forget_set_id"], sample.labels["enforced_by"]): sample.value
         for family in metrics.registry.collect() if family.name == "oblivio_forget_set_quarantined"
         for sample in family.samples
     }
@@ -195,7 +196,8 @@ async def test_corrupted_artifacts_at_start_quarantine_only_that_set_and_fail_cl
         # Detector unreadable: FAILED and loudly NOT ENFORCED.
         assert unreadable.state is State.FAILED and "NOT ENFORCED" in unreadable.error, unreadable
         assert "unreadable" not in bank.names() and "unreadable" not in reference_backend.list_adapters()
-        assert _quarantine_gauge(metrics) == {("broken", "refusal"): 1.0, ("unreadable", "none"): 1.0}
+        assert _quarantine_gauge(metrics) == {(forget_set_metric_id("broken"), "refusal"): 1.0,
+                                              (forget_set_metric_id("unreadable"), "none"): 1.0}
 
         # Through the real detector + gate: keep gets its adapter, broken a refusal.
         about_keep = (await chat.evaluate([Message("user", "What is the capital of France?")])).decision

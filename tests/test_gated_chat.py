@@ -18,6 +18,7 @@ from fixtures_serving import GATED_SET
 from oblivio.gateway import gate
 from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
 from oblivio.gateway.chat_core import Message
+from oblivio.gateway.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -88,6 +89,14 @@ async def test_chat_responses_name_no_forget_set_and_no_score(gated_gateway) -> 
             plain.content, streamed.content, str(plain.headers).encode(), str(streamed.headers).encode()]
     for payload in wire:
         assert GATED_SET.encode() not in payload and b"score" not in payload
+
+
+async def test_metrics_label_sets_by_opaque_id_not_name(gated_gateway) -> None:
+    async with httpx.AsyncClient(base_url=gated_gateway.http_url, timeout=120) as http:
+        await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ON_TOPIC}], "max_tokens": 1})
+        scraped = (await http.get("/metrics")).text
+    assert GATED_SET not in scraped
+    assert f'oblivio_detector_score_count{{forget_set_id="{forget_set_metric_id(GATED_SET)}"}}' in scraped
 
 
 async def test_refusal_mode_answers_with_the_refusal_text(gated_gateway) -> None:

@@ -16,12 +16,14 @@ pytestmark = pytest.mark.slow
 
 ADMIN = "admin-token-0123456789abcdef"
 CHAT = "chat-key-0123456789abcdef"
+METRICS = "metrics-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 async def authed_http(model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
     config = serving_config(model_path, tmp_path_factory.mktemp("authed_home"),
-                            **{"auth.admin_tokens": [ADMIN], "auth.chat_api_keys": [CHAT]})
+                            **{"auth.admin_tokens": [ADMIN], "auth.chat_api_keys": [CHAT],
+                               "auth.metrics_tokens": [METRICS]})
     async with started_gateway(config, reference_backend) as gateway:
         async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as client:
             yield client
@@ -41,3 +43,23 @@ async def test_credentials_are_checked_before_the_body(authed_http: httpx.AsyncC
     with_key = await authed_http.post("/v1/chat/completions", content=body,
                                       headers={"content-type": "application/json", **_bearer(CHAT)})
     assert with_key.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), (_bearer("wrong-token-0123456789"), 401), (_bearer(CHAT), 403), (_bearer(METRICS), 200), (_bearer(ADMIN), 200)],
+    ids=["none", "wrong", "chat-key", "metrics-token", "admin-token"],
+)
+async def test_metrics_need_a_metrics_or_admin_token(authed_http: httpx.AsyncClient, headers: dict[str, str], status: int) -> None:
+    response = await authed_http.get("/metrics", headers=headers)
+    assert response.status_code == status
+    if status == 200:
+        assert "# TYPE oblivio_gate_latency_seconds histogram" in response.text
+    else:
+        assert response.json()["error"]["message"]
+
+
+async def test_a_metrics_token_opens_nothing_else(authed_http: httpx.AsyncClient) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    response = await authed_http.post("/v1/chat/completions", json=body, headers=_bearer(METRICS))
+    assert response.status_code == 403 and "may not use chat" in response.json()["error"]["message"]

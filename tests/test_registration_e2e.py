@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from fixtures_registration import FRANCE, gateway_with_registration, tiny_training
+from oblivio.gateway.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -135,9 +136,13 @@ async def test_register_over_grpc_while_chat_streams(forget_gateway) -> None:
             await admin.GetForgetSet(pb.GetForgetSetRequest(name="nope"))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
+        registry = forget_gateway.runtime.metrics.registry
+        series = {"forget_set_id": forget_set_metric_id("france")}
+        assert registry.get_sample_value("oblivio_detector_score_count", series)  # chat above was scored
         deleted = await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name="france"))
         assert deleted.name == "france"
         assert "france" not in forget_gateway.runtime.backend.list_adapters()
+        assert registry.get_sample_value("oblivio_detector_score_count", series) is None  # series dropped
         again = await chat.Complete(_chat(PARAPHRASE))
         assert again.gate.served == pb.SERVED_BASE and again.text == before_forget
 

@@ -25,6 +25,7 @@ import pytest
 from fixtures_registration import FRANCE, as_dicts, make_pipeline
 from oblivio.adapters.registry import State
 from oblivio.gateway.chat_core import ChatCore, Message
+from oblivio.gateway.metrics import forget_set_metric_id
 
 pytestmark = pytest.mark.slow
 SYNC_S = 0.2
@@ -133,9 +134,9 @@ async def test_a_set_that_fails_to_load_on_a_poll_does_not_hold_up_the_others(
         assert await replica_b.sync_from_registry() == ["poll-good"]
         assert "poll-good" in reference_backend.list_adapters()
         assert "poll-bad" not in reference_backend.list_adapters()
-        gauge = {(s.labels["forget_set"], s.labels["enforced_by"]): s.value
+        gauge = {(s.labels["forget_set_id"], s.labels["enforced_by"]): s.value
                  for f in metrics.registry.collect() if f.name == "oblivio_forget_set_quarantined" for s in f.samples}
-        assert gauge == {("poll-bad", "none"): 1.0}  # no detector in this replica: not enforced
+        assert gauge == {(forget_set_metric_id("poll-bad"), "none"): 1.0}  # no detector in this replica: not enforced
 
         _publish_live(replica_a, "poll-bad", lora_adapters["alpha"])  # A publishes a good version 2
         assert await replica_b.sync_from_registry() == ["poll-bad"]
