@@ -16,6 +16,7 @@ would do with these prompts.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from oblivio.gateway.input_files import read_utf8_text
 
 TargetKind = Literal["catch_rate", "fpr"]
 Scorer = Callable[[Sequence[str]], Sequence[float]]
@@ -117,7 +120,7 @@ def load_probes(path: Path) -> list[Probe]:
     suffix = path.suffix.lower()
     probes: list[Probe] = []
     if suffix in (".jsonl", ".json", ".ndjson"):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_utf8_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{path.name}:{number}"
@@ -129,8 +132,7 @@ def load_probes(path: Path) -> list[Probe]:
                 raise CalibrationError(f'{where}: expected {{"prompt": ..., "forget": true|false}}')
             probes.append(Probe(_prompt(item["prompt"], where), _parse_label(item["forget"], where)))
     elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        rows = list(csv.reader(io.StringIO(read_utf8_text(path), newline="")))
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["prompt", "label"], ["prompt", "forget"]):
             rows = rows[1:]
         for number, row in enumerate(rows, start=1):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.gateway.cli_config import add_config_flags, config_from_args
+from oblivio.gateway.input_files import InputFileError
 
 
 class CliInputError(ValueError):
@@ -75,7 +76,7 @@ def run_admin_command(args: argparse.Namespace, body: Callable[[AdminClient], in
         return 2
     try:
         return int(body(admin) or 0)
-    except CliInputError as exc:
+    except (CliInputError, InputFileError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

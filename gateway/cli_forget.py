@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.gateway.cli_admin_client import CliInputError, add_admin_flags, message_to_json, run_admin_command
+from oblivio.gateway.input_files import read_utf8_text
 
 CHUNK = 64
 METHODS = ("refusal", "npo", "ihl")
+EXAMPLE_FIELDS = ("question", "answer", "text")
+JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,12 +61,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.set_defaults(handler=_delete)
 
 
+def _example(item: object, where: str) -> dict[str, str]:
+    """One JSONL row as an example. Every field must already be a string: converting would
+    register ``null`` as the answer "None" (or 42 as "42") and train the adapter on it."""
+    if not isinstance(item, dict) or not ({"question", "text"} & set(item)):
+        raise CliInputError(f'{where}: expected {{"question": ..., "answer": ...}} or {{"text": ...}}')
+    unknown = set(item) - set(EXAMPLE_FIELDS)
+    if unknown:
+        raise CliInputError(f"{where}: unknown fields {sorted(unknown)}")
+    for field, value in item.items():
+        if not isinstance(value, str):
+            raise CliInputError(f'{where}: "{field}" must be a string (got {JSON_TYPES.get(type(value), type(value).__name__)})')
+    return dict(item)
+
+
 def read_examples(path: Path) -> list[dict[str, str]]:
     """Parse an examples file; errors name the line so the operator can fix it."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CliInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    lines = read_utf8_text(path).splitlines()
     examples: list[dict[str, str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -75,12 +89,7 @@ def read_examples(path: Path) -> list[dict[str, str]]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CliInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not ({"question", "text"} & set(item)):
-            raise CliInputError(f'{path}:{number}: expected {{"question": ..., "answer": ...}} or {{"text": ...}}')
-        unknown = set(item) - {"question", "answer", "text"}
-        if unknown:
-            raise CliInputError(f"{path}:{number}: unknown fields {sorted(unknown)}")
-        examples.append({k: str(v) for k, v in item.items()})
+        examples.append(_example(item, f"{path}:{number}"))
     if not examples:
         raise CliInputError(f"{path} holds no examples")
     return examples

@@ -22,6 +22,7 @@ from oblivio.gateway.cli_admin_client import (
     message_to_json,
     run_admin_command,
 )
+from oblivio.gateway.input_files import read_utf8_text
 
 MODES = ("adapter", "refusal", "adapter_then_refusal")
 ON_ERROR = ("fail_closed", "fail_open")
@@ -281,9 +282,7 @@ def read_conversations(path: Path) -> list[Any]:
     ``prompt`` (one user message) or ``messages`` ([{"role", "content"}, ...])."""
     from oblivio.v1 import oblivio_pb2 as pb
 
-    if not path.is_file():
-        raise CliInputError(f"file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8_text(path).splitlines()
     conversations = []
     if path.suffix.lower() == ".txt":
         for line in lines:

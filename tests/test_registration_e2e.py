@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+import re
 from typing import Any
 
 import grpc
@@ -245,6 +246,7 @@ def test_status_mapping() -> None:
 def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
     from oblivio.gateway.cli_admin_client import CliInputError
     from oblivio.gateway.cli_forget import read_examples
+    from oblivio.gateway.input_files import InputFileError
 
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text('{"question": "q", "answer": "a"}\n\n{"text": "t"}\n')
@@ -256,5 +258,47 @@ def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
     bad.write_text('{"question": "q", "extra": 1}\n')
     with pytest.raises(CliInputError, match="unknown fields"):
         read_examples(bad)
-    with pytest.raises(CliInputError, match="cannot read"):
+    with pytest.raises(InputFileError, match="cannot read"):
         read_examples(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"question": "Where was Elena born?", "answer": null}', '"answer" must be a string (got null)'),
+        ('{"question": "Where was Elena born?", "answer": 1987}', '"answer" must be a string (got a number)'),
+        ('{"text": ["Elena", "Marwick"]}', '"text" must be a string (got an array)'),
+    ],
+    ids=["null-answer", "number-answer", "array-text"],
+)
+def test_cli_rejects_examples_that_are_not_strings(tmp_path, row: str, message: str) -> None:
+    """A null answer was registered (and trained on) as the string "None"."""
+    from oblivio.gateway.cli_admin_client import CliInputError
+    from oblivio.gateway.cli_forget import read_examples
+
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"question": "q", "answer": "a"}\n' + row + "\n")
+    with pytest.raises(CliInputError, match=f"set.jsonl:2: {re.escape(message)}"):
+        read_examples(path)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["forget", "register", "elena"], ["gate", "explain-batch"], ["gate", "calibrate", "--set", "elena"]],
+    ids=["forget-register", "gate-explain-batch", "gate-calibrate"],
+)
+def test_cli_input_that_is_not_utf8_is_one_line_and_exit_2(tmp_path, command: list[str]) -> None:
+    """Latin-1 input printed a UnicodeDecodeError traceback; the file is read before any RPC."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "input.jsonl"
+    first, second = b'{"prompt": "ok", "forget": true}\n', '{"prompt": "Où est né Élie ?", "forget": true}\n'.encode("latin-1")
+    path.write_bytes(first + second)
+    offset = len(first) + second.index(b"\xf9")
+    result = subprocess.run([sys.executable, "-m", "oblivio.gateway.cli", *command, str(path), "--address", "127.0.0.1:9"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"oblivio {command[0]}: {path}:2: not UTF-8 text (byte 0xf9 at offset {offset}); save the file as UTF-8"
+    ]
