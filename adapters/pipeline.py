@@ -16,8 +16,9 @@ Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -
   into the bank, adapter into the backend) and unfinished jobs continue from their last step
   (training from its last checkpoint). Artifacts are published through the atomic
   ``ArtifactStore``, so a crash never leaves a half-written version visible.
-* **Replicas.** Gateways scale horizontally over ONE shared artifact directory (store + SQLite
-  registry). The replica that accepted a registration runs its job; every other replica polls
+* **Replicas.** Gateways scale horizontally over ONE shared artifact directory and ONE registry
+  (the SQLite file in that directory, or a PostgreSQL database for replicas on several nodes).
+  The replica that accepted a registration runs its job; every other replica polls
   the registry every ``sync_interval`` seconds (:meth:`sync_from_registry`) and loads what was
   published elsewhere: a new detector version enters its bank (so its gate refuses matched
   prompts at once), a new adapter version is loaded into its backend once the set is LIVE, and
@@ -51,8 +52,10 @@ from typing import Any
 
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State, UnknownForgetSetError
+from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
+from oblivio.gateway.config import RegistryConfig
 from oblivio.gateway.enforcement import EnforcementGuard
 
 log = logging.getLogger(__name__)
@@ -86,16 +89,16 @@ class RegistrationEvent:
     terminal: bool  # LIVE, FAILED or deleted: a watch ends after this event
 
 
-REGISTRY_FILE = "registry.db"
-
-
-def check_stored_state(root: Path, *, discard_unregistered: bool = False) -> None:
-    """Check the registry and the artifact store under ``root`` against each other, and close.
+def check_stored_state(
+    root: Path, *, discard_unregistered: bool = False, registry_config: RegistryConfig | None = None
+) -> None:
+    """Check the registry (``registry_config``'s, else ``registry.db`` under ``root``) and the
+    artifact store under ``root`` against each other, and close.
 
     A gateway does this before it loads the model, so an unreadable or lost registry stops it
     in seconds with :class:`RegistryStateError` (nothing deleted), not after the engine started.
     """
-    registry = Registry(Path(root) / REGISTRY_FILE)
+    registry = open_registry(Path(root), registry_config)
     try:
         sweep_unregistered(ArtifactStore(Path(root) / STORE_SUBDIR), registry, discard_unregistered=discard_unregistered)
     finally:
@@ -115,15 +118,15 @@ def sweep_unregistered(store: ArtifactStore, registry: Registry, *, discard_unre
     orphans = sorted(set(store.set_names()) - known)
     if orphans and not known and not discard_unregistered:
         raise RegistryStateError(
-            f"the registry {registry.db_path} knows no forget set, but the artifact store {store.root} holds "
+            f"the registry {registry.location} knows no forget set, but the artifact store {store.root} holds "
             f"{len(orphans)} ({', '.join(orphans)}). The registry was probably lost (a volume not mounted, "
-            "a deleted file): serving would enforce none of them. Restore the registry (registry.db and its "
-            "-wal file) and start again; nothing was deleted. If these artifacts really are leftovers of deleted "
-            "sets, set recovery.discard_unregistered_artifacts=true to delete them and start"
+            f"a deleted file, another database): serving would enforce none of them. To fix it, "
+            f"{registry.restore_hint} and start again; nothing was deleted. If these artifacts really are "
+            "leftovers of deleted sets, set recovery.discard_unregistered_artifacts=true to delete them and start"
         )
     for orphan in orphans:
         log.warning("deleting the artifacts of forget set %r: the registry %s does not know it (a publish that "
-                    "raced its deletion, or recovery.discard_unregistered_artifacts)", orphan, registry.db_path)
+                    "raced its deletion, or recovery.discard_unregistered_artifacts)", orphan, registry.location)
         store.delete_set(orphan)
     return orphans
 
@@ -167,6 +170,7 @@ class RegistrationPipeline:
         metrics: Any = None,
         enforcement: EnforcementGuard | None = None,
         discard_unregistered: bool = False,
+        registry_config: RegistryConfig | None = None,  # the registry shared by the replicas (default: under root)
     ) -> None:
         """``enforcement`` learns which sets cannot be enforced here (chat and readiness fail
         closed on it); ``discard_unregistered`` is the operator's override of
@@ -176,7 +180,7 @@ class RegistrationPipeline:
         self.model_path = Path(model_path)
         self.root = Path(root)
         self.store = ArtifactStore(self.root / STORE_SUBDIR)
-        self.registry = Registry(self.root / REGISTRY_FILE)
+        self.registry: Registry = open_registry(self.root, registry_config)
         self.enforcement = enforcement or EnforcementGuard()
         self.discard_unregistered = discard_unregistered
         self.jobs_dir = self.root / "jobs"
@@ -224,6 +228,7 @@ class RegistrationPipeline:
             metrics=runtime.metrics,
             enforcement=runtime.enforcement,
             discard_unregistered=config.recovery.discard_unregistered_artifacts,
+            registry_config=config.registry,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

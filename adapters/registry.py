@@ -1,35 +1,42 @@
-"""SQLite registry of forget sets and their registration jobs (the source of truth at start-up).
+"""The forget-set registry: forget sets, their registration jobs and the jobs' leases (the
+source of truth at start-up), and the seam its storage backends plug into.
 
-WAL mode so the gateway's readers (List/Get) never wait on the pipeline's writes, and every
-state change is one short transaction: after a crash the database says exactly which step a
-job had reached, which is what resume needs.
+Why one implementation for two databases: the registry's rules (the state machine, one short
+transaction per state change so that after a crash the stored state says exactly which step a
+job had reached, leases that give each unfinished job ONE owner across replicas) must not drift
+between backends. :class:`Registry` therefore implements the whole API once, in SQL that both
+SQLite and PostgreSQL accept; a backend supplies only what really differs:
 
-Replicas share this file, so an unfinished job needs ONE owner: each job row carries a lease
-(``owner`` id + ``lease_until`` wall-clock time). A replica runs a job only after taking the
-lease in a ``BEGIN IMMEDIATE`` transaction (SQLite's write lock makes the check-and-take atomic
-across processes), renews it while the job runs, and another replica may take the job over
-only once the lease has expired (its owner died or hung). Files written before leases existed
-are migrated in place on open (the columns are added with "no owner" defaults).
+* how a write transaction excludes other writers (:meth:`Registry._tx`): SQLite takes the
+  database's write lock at ``BEGIN IMMEDIATE``; PostgreSQL locks the rows a transaction reads
+  with ``SELECT ... FOR UPDATE`` (:attr:`Registry.lock_rows`), which holds across nodes;
+* what a deletion must do afterwards so the deleted set's text does not linger in the
+  database's files (:meth:`Registry._scrub_deleted`);
+* where it lives and how an operator restores it (:attr:`Registry.location`,
+  :attr:`Registry.restore_hint`), for the fail-closed start-up errors.
+
+Backends: ``registry_sqlite.SqliteRegistry``, the embedded default (one file in the artifact
+directory; replicas on one machine), and ``registry_postgres.PostgresRegistry`` (replicas on
+several nodes). ``registry_factory.open_registry`` picks one from the configuration.
+
+Leases: a replica runs a job only after taking its lease (``owner`` id + ``lease_until``
+wall-clock time) in a write transaction, renews it while the job runs, and another replica may
+take the job over only once the lease has expired (its owner died or hung).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import logging
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from oblivio.adapters.store import validate_name
-
-log = logging.getLogger(__name__)
 
 
 class State(str, enum.Enum):
@@ -129,46 +136,61 @@ class JobRecord:
         return not self.owner or self.lease_until <= (time.time() if now is None else now)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS forget_sets (
-    name TEXT PRIMARY KEY,
-    description TEXT NOT NULL DEFAULT '',
-    subjects TEXT NOT NULL DEFAULT '[]',
-    method TEXT NOT NULL,
-    keep_data INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    example_count INTEGER NOT NULL DEFAULT 0,
-    data_retained INTEGER NOT NULL DEFAULT 1,
-    job_id TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
-    adapter_version INTEGER NOT NULL DEFAULT 0,
-    detector_version INTEGER NOT NULL DEFAULT 0,
-    overlaps TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    set_name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    fraction REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    report TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_set ON jobs(set_name);
-"""
-# Columns added after the first release: (table, column, declaration). Added on open if missing.
-_MIGRATIONS: tuple[tuple[str, str, str], ...] = (
-    ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
-    ("jobs", "lease_until", "REAL NOT NULL DEFAULT 0"),
+class RegistryUnavailableError(ConnectionError):
+    """The registry's database cannot be reached right now (a network database restarting or
+    unreachable); the call may be retried (gRPC UNAVAILABLE)."""
+
+
+def unusable_registry(location: str, cause: object, advice: str) -> RegistryStateError:
+    """The start-up error for a registry that cannot be opened or read: what failed, why the
+    server does not start without it, and the backend's ``advice`` to the operator."""
+    return RegistryStateError(
+        f"the registry {location} cannot be used: {cause}. It records which forget sets exist, so the server does "
+        f"not start without it. {advice} (the server then refuses to start while the artifact store still holds "
+        "sets, unless recovery.discard_unregistered_artifacts=true)"
+    )
+
+
+# Columns typed so one text creates the same tables in SQLite and PostgreSQL (DOUBLE PRECISION:
+# PostgreSQL's REAL is 4 bytes, too coarse for timestamps; SQLite reads either as REAL).
+# "overlaps" is quoted everywhere: it is a reserved word (an operator) in PostgreSQL.
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS forget_sets (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        subjects TEXT NOT NULL DEFAULT '[]',
+        method TEXT NOT NULL,
+        keep_data INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        example_count INTEGER NOT NULL DEFAULT 0,
+        data_retained INTEGER NOT NULL DEFAULT 1,
+        job_id TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT '',
+        adapter_version INTEGER NOT NULL DEFAULT 0,
+        detector_version INTEGER NOT NULL DEFAULT 0,
+        "overlaps" TEXT NOT NULL DEFAULT '{}',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        set_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        fraction DOUBLE PRECISION NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        report TEXT NOT NULL DEFAULT '{}',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        owner TEXT NOT NULL DEFAULT '',
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_set ON jobs(set_name)",
 )
 
 _SET_FIELDS = (
     "name, description, subjects, method, keep_data, state, example_count, data_retained, job_id, "
-    "error, adapter_version, detector_version, overlaps, created_at, updated_at"
+    'error, adapter_version, detector_version, "overlaps", created_at, updated_at'
 )
 _JOB_FIELDS = "id, set_name, state, fraction, message, attempts, created_at, updated_at, report, owner, lease_until"
 
@@ -190,54 +212,59 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     )
 
 
-class Registry:
-    """Forget sets + jobs. Thread-safe (one connection guarded by a lock)."""
+class Rows(Protocol):
+    """The result of one statement (a DB-API cursor)."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            # Deleted rows (a forgotten set's subjects and description) are overwritten with zeros,
-            # not left in free pages; see remove() for the write-ahead log.
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise RegistryStateError(
-                f"the registry {self.db_path} cannot be used: {exc}. It records which forget sets exist, so the "
-                "server does not start without it. Restore registry.db (and its -wal file) from a backup, or move "
-                "it aside to start with an empty registry (the server then refuses to start while the artifact "
-                "store still holds sets, unless recovery.discard_unregistered_artifacts=true)"
-            ) from exc
+    @property
+    def rowcount(self) -> int: ...
 
-    def _migrate(self) -> None:
-        """Add columns a registry file written by an older version lacks (idempotent; the check
-        and the ALTER share one write transaction, so two replicas opening it cannot race)."""
-        with self._tx() as db:
-            for table, column, declaration in _MIGRATIONS:
-                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in present:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    def fetchone(self) -> Sequence[Any] | None: ...
 
+    def fetchall(self) -> list[Any]: ...
+
+
+class Statements(Protocol):
+    """Runs one SQL statement with ``?`` placeholders on a backend's connection."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
+
+
+class Registry(ABC):
+    """Forget sets + jobs + leases over one SQL database; thread-safe (the backend serialises
+    its connection). Subclasses implement the seam: ``_tx``, ``_read``, ``_scrub_deleted``,
+    ``close``, ``location`` and ``restore_hint``."""
+
+    #: Appended to a SELECT inside a write transaction to lock the rows it read until commit,
+    #: so a read-check-write (a transition, taking a lease) is atomic against other writers.
+    #: Empty where the transaction already holds a lock on the whole database (SQLite).
+    lock_rows: ClassVar[str] = ""
+
+    # ---- the backend seam ---------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the registry lives, for operators' messages (never a secret)."""
+
+    @property
+    @abstractmethod
+    def restore_hint(self) -> str:
+        """What an operator does to get a lost or damaged registry back (one clause)."""
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Statements]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Statements]:
+        """One read of committed data, outside any write transaction."""
+
+    @abstractmethod
+    def _scrub_deleted(self) -> None:
+        """After :meth:`remove` committed: make the storage drop the deleted rows' old bytes."""
+
+    @abstractmethod
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        """Release the connection; the object is unusable afterwards."""
 
     # ---- creation ---------------------------------------------------------------------------
     def create(
@@ -256,19 +283,22 @@ class Registry:
         """A new set in VALIDATING with its first job; ALREADY_EXISTS if the name is taken.
 
         ``owner`` takes the job's lease in the same transaction, so no other replica can grab a
-        job between its creation and the first step of the replica that accepted it.
+        job between its creation and the first step of the replica that accepted it. The insert
+        itself decides a race for the name (``ON CONFLICT DO NOTHING``: on PostgreSQL the loser
+        waits for the winner's commit and then inserts nothing).
         """
         validate_name(name)
         now = time.time()
         job_id = job_id or uuid.uuid4().hex[:16]
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM forget_sets WHERE name = ?", (name,)).fetchone():
-                raise ForgetSetExistsError(f"forget set {name!r} already exists; delete it first or pick another name")
-            db.execute(
-                f"INSERT INTO forget_sets ({_SET_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            inserted = db.execute(
+                f"INSERT INTO forget_sets ({_SET_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (name) DO NOTHING",
                 (name, description, json.dumps(list(subjects)), method, int(keep_data), State.VALIDATING.value,
                  example_count, 1, job_id, "", 0, 0, "{}", now, now),
             )
+            if inserted.rowcount == 0:
+                raise ForgetSetExistsError(f"forget set {name!r} already exists; delete it first or pick another name")
             db.execute(
                 f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, name, State.VALIDATING.value, 0.0, "accepted", 0, now, now, "{}",
@@ -278,27 +308,27 @@ class Registry:
 
     # ---- reads ------------------------------------------------------------------------------
     def get(self, name: str) -> ForgetSetRecord:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets WHERE name = ?", (name,)).fetchone()
+        with self._read() as db:
+            row = db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownForgetSetError(f"no forget set named {name!r}")
         return _set_from_row(row)
 
     def list(self) -> list[ForgetSetRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets ORDER BY created_at, name").fetchall()
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_SET_FIELDS} FROM forget_sets ORDER BY created_at, name").fetchall()
         return [_set_from_row(row) for row in rows]
 
     def job(self, job_id: str) -> JobRecord:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_JOB_FIELDS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute(f"SELECT {_JOB_FIELDS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(f"no registration job with id {job_id!r}")
         return _job_from_row(row)
 
     def jobs_for(self, name: str) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT {_JOB_FIELDS} FROM jobs WHERE set_name = ? ORDER BY created_at", (name,)
             ).fetchall()
         return [_job_from_row(row) for row in rows]
@@ -311,11 +341,15 @@ class Registry:
     def transition(
         self, name: str, state: State, *, fraction: float | None = None, message: str = "", error: str = ""
     ) -> ForgetSetRecord:
-        """Move the set and its current job to ``state``; refuses transitions the pipeline never makes."""
+        """Move the set and its current job to ``state``; refuses transitions the pipeline never
+        makes. The set's row stays locked from the check to the write, so a concurrent
+        DeleteForgetSet on another replica is never overwritten by a forward step."""
         state = State(state)
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT state, job_id FROM forget_sets WHERE name = ?", (name,)).fetchone()
+            row = db.execute(
+                f"SELECT state, job_id FROM forget_sets WHERE name = ?{self.lock_rows}", (name,)
+            ).fetchone()
             if row is None:
                 raise UnknownForgetSetError(f"no forget set named {name!r}")
             current, job_id = State(row[0]), row[1]
@@ -359,7 +393,7 @@ class Registry:
         if unknown:
             raise ValueError(f"cannot update forget set fields {sorted(unknown)}")
         encoded = {k: (json.dumps(v) if k == "overlaps" else int(v) if k == "data_retained" else v) for k, v in fields.items()}
-        assignments = ", ".join(f"{key} = ?" for key in encoded)
+        assignments = ", ".join(f'"{key}" = ?' for key in encoded)
         with self._tx() as db:
             cursor = db.execute(
                 f"UPDATE forget_sets SET {assignments}, updated_at = ? WHERE name = ?",
@@ -374,7 +408,8 @@ class Registry:
         self, job_id: str, owner: str, lease_s: float, *, holder_dead: Callable[[str], bool] | None = None
     ) -> bool:
         """Take (or extend) the job's lease for ``owner`` if it is free, expired or already
-        ours; False while another owner's lease is live. Atomic across processes.
+        ours; False while another owner's lease is live. Atomic across processes and nodes: the
+        job's row stays locked from the check to the write.
 
         ``holder_dead(holder)`` may prove a live-looking holder dead (same-host crash) so its
         job need not wait for the lease to expire.
@@ -383,7 +418,7 @@ class Registry:
             raise ValueError("a lease owner id is required")
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(f"SELECT owner, lease_until FROM jobs WHERE id = ?{self.lock_rows}", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJobError(f"no registration job with id {job_id!r}")
             holder, until = row
@@ -398,7 +433,8 @@ class Registry:
             cursor = db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ?", (time.time() + lease_s, job_id, owner)
             )
-        return cursor.rowcount == 1
+            renewed = cursor.rowcount == 1
+        return renewed
 
     def release_lease(self, job_id: str, owner: str) -> None:
         """Give the job up at once (finished, or this replica shuts down); no-op if not ours."""
@@ -410,23 +446,11 @@ class Registry:
             db.execute("UPDATE jobs SET report = ?, updated_at = ? WHERE id = ?", (json.dumps(report), time.time(), job_id))
 
     def remove(self, name: str) -> None:
-        """Forget the set and its jobs entirely (the last step of a deletion).
-
-        ``secure_delete`` zeroes the rows in the database file, but every earlier version of
-        their pages (the set's description and subjects, each job message) is still a frame of
-        the write-ahead log: a checkpoint copies the log into the database and truncates it.
-        """
+        """Forget the set and its jobs entirely (the last step of a deletion), then let the
+        backend scrub what its storage still holds of them (see :meth:`_scrub_deleted`)."""
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE set_name = ?", (name,))
             cursor = db.execute("DELETE FROM forget_sets WHERE name = ?", (name,))
             if cursor.rowcount == 0:
                 raise UnknownForgetSetError(f"no forget set named {name!r}")
-        self._truncate_wal()
-
-    def _truncate_wal(self) -> None:
-        """Checkpoint the write-ahead log into the database and truncate it to zero bytes."""
-        with self._lock:
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:  # another replica's connection is reading; its next checkpoint finishes the job
-            log.warning("the registry's write-ahead log %s-wal could not be truncated (busy); deleted rows may "
-                        "linger there until the next checkpoint", self.db_path)
+        self._scrub_deleted()

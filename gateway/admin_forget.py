@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from oblivio.adapters.registry import ForgetSetRecord, State
+from oblivio.adapters.registry import ForgetSetRecord, RegistryUnavailableError, State
 from oblivio.v1 import oblivio_pb2 as pb
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ def event_to_proto(event: RegistrationEvent) -> pb.RegistrationEvent:
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """The status for an expected error; None for a bug (left to the interceptor as INTERNAL)."""
     message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, RegistryUnavailableError):  # a network registry restarting: retry
+        return grpc.StatusCode.UNAVAILABLE, message
     if isinstance(exc, FileExistsError):
         return grpc.StatusCode.ALREADY_EXISTS, message
     if isinstance(exc, ValueError):

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,7 +23,8 @@ ENV_PREFIX = "OBLIVIO_"
 # guessed online, and a short "token" is usually a placeholder someone forgot to replace.
 MIN_SECRET_CHARS = 16
 # Fields whose values are secrets: error messages never print them (nor anything that holds them).
-SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "metrics_tokens", "projection_seed"})
+# ``url`` too: the registry refuses a password in its URL, but the refusal must not print it.
+SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "metrics_tokens", "projection_seed", "password", "url"})
 REDACTED = "<redacted>"
 
 
@@ -189,11 +191,48 @@ class RecoveryConfig(_Section):
     discard_unregistered_artifacts: bool = Field(
         default=False,
         description=(
-            "Start even though the registry (registry.db) is missing or empty while the artifact store "
-            "holds forget sets, and delete those sets' artifacts. Default: refuse to start (restore the "
-            "registry volume instead)."
+            "Start even though the registry (registry.db, or the registry.url database) is missing or empty "
+            "while the artifact store holds forget sets, and delete those sets' artifacts. Default: refuse to "
+            "start (restore the registry instead)."
         ),
     )
+
+
+class RegistryConfig(_Section):
+    """Where the forget-set registry lives. Empty ``url``: the embedded SQLite file
+    (``registry.db`` in the artifact directory), for replicas on one machine. A
+    ``postgresql://user@host:5432/database`` URL: a PostgreSQL database, which replicas on
+    several nodes share. The password never goes in the URL (URLs end up in logs and process
+    listings): ``password`` (e.g. ``OBLIVIO_REGISTRY__PASSWORD``), ``password_file`` (a mounted
+    Secret), or libpq's own ``PGPASSWORD`` / ``~/.pgpass``."""
+
+    url: str = Field(
+        default="",
+        description="empty: SQLite in the artifact directory; postgresql://user@host:port/database[?sslmode=...]",
+    )
+    password: str | None = None
+    password_file: Path | None = Field(default=None, description="first line is the database password")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url_without_password(cls, url: str) -> str:
+        if not url:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be empty (SQLite) or a postgresql:// URL")
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ValueError("must not contain the password; use registry.password_file or OBLIVIO_REGISTRY__PASSWORD")
+        return url
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "RegistryConfig":
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set registry.password or registry.password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.url:
+            raise ValueError("a registry password needs a postgresql:// registry.url")
+        return self
 
 
 class OblivioConfig(_Section):
@@ -209,6 +248,7 @@ class OblivioConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     @property
     def model_path(self) -> Path:

@@ -142,7 +142,8 @@ def check_stored_state(config: OblivioConfig) -> None:
     every set the artifact store still holds, before the model and engine load."""
     from oblivio.adapters.pipeline import check_stored_state as check
 
-    check(config.artifacts_path, discard_unregistered=config.recovery.discard_unregistered_artifacts)
+    check(config.artifacts_path, discard_unregistered=config.recovery.discard_unregistered_artifacts,
+          registry_config=config.registry)
 
 
 async def start_registration(runtime: Runtime) -> Any:

@@ -9,7 +9,9 @@ and never deletes stored artifacts, because its own state is broken.
 * A missing / empty registry while the store holds sets refuses to start and deletes nothing
   (before: the server served everything and deleted every set's artifacts, silently).
 * A garbage registry.db is one clear start-up error, not a traceback.
-* A deleted set's description and subjects are gone from registry.db and its -wal / -shm files.
+* A deleted set's description and subjects are gone from registry.db and its -wal / -shm files
+  (PostgreSQL's counterpart is in test_registry_postgres.py).
+* The registry checks run on both backends (SQLite and a real PostgreSQL server).
 
 Real parts throughout: files on disk, SQLite, the detector, gRPC and HTTP over sockets, and
 ``oblivio serve`` as a process.
@@ -34,8 +36,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fixtures_registration import FRANCE
 from fixtures_reliability import tree_snapshot, user_request
 from fixtures_serving import serving_config, started_gateway
-from oblivio.adapters.pipeline import REGISTRY_FILE, check_stored_state
-from oblivio.adapters.registry import Registry, RegistryStateError, State
+from oblivio.adapters.pipeline import check_stored_state
+from oblivio.adapters.registry import RegistryStateError, State
+from oblivio.adapters.registry_factory import open_registry
+from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
 from oblivio.gateway.gate import REFUSAL_TEXT
 from oblivio.v1 import oblivio_pb2 as pb
@@ -75,7 +79,7 @@ def _register_broken(artifacts: Path, saved: Path, damage: Callable[[Path], None
     ``damage`` done to the published detector folder."""
     store = ArtifactStore(artifacts / STORE_SUBDIR)
     published = store.publish(BROKEN, "detector", lambda stage: shutil.copytree(saved, stage, dirs_exist_ok=True))
-    registry = Registry(artifacts / REGISTRY_FILE)
+    registry = SqliteRegistry(artifacts / REGISTRY_FILE)
     try:
         registry.create(BROKEN, method="refusal", description="the capital of France", example_count=len(FRANCE))
         registry.transition(BROKEN, State.FITTING_DETECTOR)
@@ -212,27 +216,29 @@ async def test_garbage_registry_is_a_clear_start_error(model_path, tmp_path):
     assert (artifacts / REGISTRY_FILE).read_bytes() == garbage
 
 
-def test_the_discard_override_deletes_unregistered_sets_and_logs_each(tmp_path, caplog):
+def test_the_discard_override_deletes_unregistered_sets_and_logs_each(tmp_path, caplog, registry_config):
     store = _store_with_sets(tmp_path, ("alpha", "beta"))
-    Registry(tmp_path / REGISTRY_FILE).close()  # empty: as if it were lost
-    with pytest.raises(RegistryStateError):
-        check_stored_state(tmp_path)
+    open_registry(tmp_path, registry_config).close()  # empty: as if it were lost
+    with pytest.raises(RegistryStateError, match="knows no forget set") as refused:
+        check_stored_state(tmp_path, registry_config=registry_config)
+    assert "alpha, beta" in str(refused.value) and "nothing was deleted" in str(refused.value)
+    assert store.set_names() == ["alpha", "beta"]
     with caplog.at_level(logging.WARNING, logger="oblivio.adapters.pipeline"):
-        check_stored_state(tmp_path, discard_unregistered=True)
+        check_stored_state(tmp_path, discard_unregistered=True, registry_config=registry_config)
     assert store.set_names() == []
     removed = [r.getMessage() for r in caplog.records if "deleting the artifacts" in r.getMessage()]
     assert len(removed) == 2 and "'alpha'" in removed[0] and "'beta'" in removed[1], removed
 
 
-def test_an_orphan_next_to_registered_sets_is_removed_with_a_log_line(tmp_path, caplog):
+def test_an_orphan_next_to_registered_sets_is_removed_with_a_log_line(tmp_path, caplog, registry_config):
     """A publish that raced its set's deletion: the registry knows other sets, so the store's
     extra set is a leftover; it is removed, and the removal is logged."""
     store = _store_with_sets(tmp_path, ("kept", "raced"))
-    registry = Registry(tmp_path / REGISTRY_FILE)
+    registry = open_registry(tmp_path, registry_config)
     registry.create("kept", method="refusal")
     registry.close()
     with caplog.at_level(logging.WARNING, logger="oblivio.adapters.pipeline"):
-        check_stored_state(tmp_path)
+        check_stored_state(tmp_path, registry_config=registry_config)
     assert store.set_names() == ["kept"]
     assert any("'raced'" in r.getMessage() and "deleting the artifacts" in r.getMessage() for r in caplog.records)
 
@@ -242,7 +248,7 @@ def test_a_deleted_set_leaves_nothing_in_the_registry_files(tmp_path):
     """The description, subjects and job messages of a deleted set must not survive in
     registry.db, registry.db-wal or registry.db-shm (before: many copies in the -wal)."""
     secrets = (b"Tobias Quillon", b"born in the city of Paris", b"quillon-secret-set")
-    registry = Registry(tmp_path / REGISTRY_FILE)
+    registry = SqliteRegistry(tmp_path / REGISTRY_FILE)
     try:
         registry.create("quillon-secret-set", method="refusal", description="Tobias Quillon, born in the city of Paris",
                         subjects=["Tobias Quillon"], example_count=3)

@@ -22,13 +22,15 @@ import pytest
 
 from fixtures_registration import FRANCE, as_dicts, make_pipeline, tiny_training
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
-from oblivio.adapters.registry import Registry, State
+from oblivio.adapters.registry import State
+from oblivio.adapters.registry_factory import open_registry
+from oblivio.adapters.registry_sqlite import SqliteRegistry
 
 FOREIGN_OWNER = "another-host/pid:[4026531836]/4242/0123456789ab"  # not provably dead from here
 
 
-def test_lease_is_exclusive_until_it_expires(tmp_path):
-    registry = Registry(tmp_path / "registry.db")
+def test_lease_is_exclusive_until_it_expires(tmp_path, registry_config):
+    registry = open_registry(tmp_path, registry_config)
     try:
         _, job = registry.create("leased", method="refusal", owner="replica-a", lease_s=0.5)
         assert job.owner == "replica-a" and not job.lease_free()
@@ -77,7 +79,7 @@ def test_registry_file_without_lease_columns_is_migrated(tmp_path):
     )
     old.commit()
     old.close()
-    first, second = Registry(path), Registry(path)  # two replicas opening it: one migrates
+    first, second = SqliteRegistry(path), SqliteRegistry(path)  # two replicas opening it: one migrates
     try:
         job = second.job("job-1")
         assert (job.owner, job.lease_until, job.attempts) == ("", 0.0, 1) and job.lease_free()
@@ -152,7 +154,7 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path
 
         # 3. A replica on another host wrongly judged B dead and took the lease: B notices at its
         #    next renewal and stops its copy of the job. Then that replica vanishes without a word.
-        probe = Registry(root / "registry.db")
+        probe = SqliteRegistry(root / "registry.db")
         try:
             assert probe.acquire_lease(record.job_id, FOREIGN_OWNER, 4 * lease, holder_dead=lambda holder: True)
             expires = probe.job(record.job_id).lease_until

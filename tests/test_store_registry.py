@@ -1,4 +1,5 @@
-"""ArtifactStore atomicity (real process kills mid-write) and Registry CRUD / state machine."""
+"""ArtifactStore atomicity (real process kills mid-write) and Registry CRUD / state machine
+(on each registry backend: the embedded SQLite file and a real PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from oblivio.adapters.registry import (
     ForgetSetExistsError,
     InvalidTransitionError,
-    Registry,
     State,
     UnknownForgetSetError,
 )
+from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import ArtifactStore, validate_name
 
 
@@ -142,8 +143,8 @@ def test_delete_set_removes_everything(tmp_path):
 # ---------- registry ------------------------------------------------------------------------
 
 
-def test_registry_crud_and_transitions(tmp_path):
-    registry = Registry(tmp_path / "registry.db")
+def test_registry_crud_and_transitions(tmp_path, registry_config):
+    registry = open_registry(tmp_path, registry_config)
     record, job = registry.create("people", method="refusal", description="d", subjects=["Ann"], example_count=3)
     assert record.state is State.VALIDATING and record.job_id == job.id and record.subjects == ["Ann"]
     with pytest.raises(ForgetSetExistsError):
@@ -174,14 +175,13 @@ def test_registry_crud_and_transitions(tmp_path):
     assert registry.jobs_for("people") == []
 
 
-def test_registry_survives_reopen_and_reports_unfinished(tmp_path):
-    db = tmp_path / "registry.db"
-    registry = Registry(db)
+def test_registry_survives_reopen_and_reports_unfinished(tmp_path, registry_config):
+    registry = open_registry(tmp_path, registry_config)
     registry.create("a", method="refusal")
     registry.create("b", method="npo")
     registry.transition("b", State.FAILED, error="boom")
     registry.close()
-    reopened = Registry(db)
+    reopened = open_registry(tmp_path, registry_config)
     assert [r.name for r in reopened.list()] == ["a", "b"]
     assert [r.name for r in reopened.unfinished()] == ["a"]
     assert reopened.get("b").error == "boom"
