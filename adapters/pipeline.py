@@ -7,10 +7,15 @@ Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -
   outside the training queue. Once the detector is in the bank and the set known to the policy
   store, the gate refuses matched prompts (the adapter is not live yet), so "forget" takes
   effect before any training starts.
-* **Training off the serving process.** Each training is a child process
-  (``python -m oblivio.adapters.training``) at a lower CPU priority with
-  ``config.training.threads`` torch threads: serving keeps its cores, its GIL and its memory,
-  and deleting a set mid-training is a kill. Trainings run one at a time (FIFO).
+* **Heavy steps off the serving process.** The detector fit
+  (``python -m oblivio.adapters.detector_fit``, ``config.detector.fit_threads`` torch threads,
+  its own copy of the truncated detector model) and each training
+  (``python -m oblivio.adapters.training``, ``config.training.threads``) are child processes
+  at a lower CPU priority (``oblivio.adapters.child_process``): serving keeps its cores, its
+  GIL, its memory and its detector lock (chat scoring never waits for a fit), and deleting a
+  set or shutting down mid-step is a kill. Fits run one at a time, trainings too (FIFO).
+* **Bounded input.** A set over ``config.registration`` (examples, characters per example and
+  in all: the fit's memory) is refused at registration (``oblivio.adapters.limits``).
 * **Durable and resumable.** Every step is a registry transition; examples, checkpoints and the
   training output live in the job's folder. On ``start()`` LIVE sets are restored (detector
   into the bank, adapter into the backend) and unfinished jobs continue from their last step
@@ -40,17 +45,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from oblivio.adapters.child_process import run_child
+from oblivio.adapters.detector_fit import extractor_settings
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
+from oblivio.adapters.limits import RegistrationLimits
 from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State, UnknownForgetSetError
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
@@ -60,7 +66,6 @@ from oblivio.gateway.enforcement import EnforcementGuard
 
 log = logging.getLogger(__name__)
 
-MAX_EXAMPLES = 10_000
 REPLICA_SYNC_S = 5.0  # how often a gateway picks up registrations made by other replicas
 QUARANTINED = "quarantined"  # prefix of a FAILED set's error when its artifacts did not load
 JOB_LEASE_S = 30.0  # a job whose owner stopped renewing this long ago may be taken over
@@ -75,6 +80,7 @@ FRACTION = {
     State.LOADING: 0.96,
     State.LIVE: 1.0,
 }
+FIT_SPAN = (FRACTION[State.FITTING_DETECTOR], FRACTION[State.ENFORCING])
 TRAINING_SPAN = (0.1, 0.9)
 
 
@@ -132,16 +138,11 @@ def sweep_unregistered(store: ArtifactStore, registry: Registry, *, discard_unre
 
 
 class DetectorPort:
-    """The calls the pipeline makes on ``oblivio.detector``; imported lazily (torch-heavy)."""
+    """The calls the pipeline makes on ``oblivio.detector`` in this process (fits run in a
+    child, see ``oblivio.adapters.detector_fit``); imported lazily (torch-heavy)."""
 
     def __init__(self, bank: Any) -> None:
         self.bank = bank
-        self._fit_lock = asyncio.Lock()
-
-    def fit(self, name: str, texts: Sequence[str], subjects: Sequence[str]) -> Any:
-        from oblivio.detector import fit_forget_set
-
-        return fit_forget_set(self.bank.extractor, list(texts), name=name, subjects=list(subjects))
 
     def load(self, directory: Path) -> Any:
         from oblivio.detector import ForgetSetScorer
@@ -162,6 +163,7 @@ class RegistrationPipeline:
         detector: Any = None,
         training: TrainingSettings | None = None,
         threads: int = 1,
+        fit_threads: int = 1,
         nice: int = 10,
         max_attempts: int = 3,
         sync_interval: float | None = None,
@@ -171,10 +173,12 @@ class RegistrationPipeline:
         enforcement: EnforcementGuard | None = None,
         discard_unregistered: bool = False,
         registry_config: RegistryConfig | None = None,  # the registry shared by the replicas (default: under root)
+        limits: RegistrationLimits | None = None,
     ) -> None:
         """``enforcement`` learns which sets cannot be enforced here (chat and readiness fail
         closed on it); ``discard_unregistered`` is the operator's override of
-        :func:`sweep_unregistered`'s refusal."""
+        :func:`sweep_unregistered`'s refusal. ``threads`` / ``fit_threads``: torch threads of
+        the trainer / detector-fit child processes; ``limits`` bound each registered set."""
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
         self.model_path = Path(model_path)
@@ -190,12 +194,15 @@ class RegistrationPipeline:
         self.detector = DetectorPort(detector) if detector is not None else None
         self.training = training or TrainingSettings()
         self.threads = threads
+        self.fit_threads = fit_threads
         self.nice = nice
+        self.limits = limits or RegistrationLimits()
         self.max_attempts = max_attempts
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._subscribers: dict[str, set[asyncio.Queue[RegistrationEvent]]] = {}
         self._train_lock = asyncio.Lock()
+        self._fit_lock = asyncio.Lock()  # one fit at a time: each holds a model and the set's features
         self._started = False
         self._closed = False
         self.sync_interval = sync_interval
@@ -224,6 +231,8 @@ class RegistrationPipeline:
                 max_length=training.max_length,
             ),
             threads=training.threads,
+            fit_threads=config.detector.fit_threads,
+            limits=RegistrationLimits.from_config(config.registration),
             sync_interval=REPLICA_SYNC_S,
             metrics=runtime.metrics,
             enforcement=runtime.enforcement,
@@ -393,11 +402,10 @@ class RegistrationPipeline:
         subjects = [str(s).strip() for s in subjects if str(s).strip()]
         if len(subjects) > MAX_SUBJECTS:
             raise ValueError(f"at most {MAX_SUBJECTS} subjects")
+        self.limits.check(examples)
         items = [ex if isinstance(ex, ForgetExample) else ForgetExample.from_mapping(ex) for ex in examples]
         if not items:
             raise ValueError("a forget set needs at least one example")
-        if len(items) > MAX_EXAMPLES:
-            raise ValueError(f"a forget set may hold at most {MAX_EXAMPLES} examples, got {len(items)}")
         self._validate_examples(items)
         if method != "refusal" and all(ex.as_pair(method)[1] is None for ex in items):
             raise ValueError(f"method {method!r} needs question/answer pairs or texts of at least 4 words")
@@ -660,9 +668,8 @@ class RegistrationPipeline:
         state = record.state
 
         if state in (State.VALIDATING, State.FITTING_DETECTOR):
-            examples = self._load_examples(examples_path)
-            self._validate_examples(examples)
-            await self._fit_detector(name, record, examples)
+            self._validate_examples(self._load_examples(examples_path))
+            await self._fit_detector(name, record)
             record = self.registry.get(name)
             state = record.state
 
@@ -694,15 +701,36 @@ class RegistrationPipeline:
         if len(distinct) < 2:
             raise ValueError("a forget set needs at least 2 distinct examples (the detector calibrates on held-out ones)")
 
-    async def _fit_detector(self, name: str, record: ForgetSetRecord, examples: Sequence[ForgetExample]) -> None:
+    async def _fit_detector(self, name: str, record: ForgetSetRecord) -> None:
+        """Fit in a child process (see ``oblivio.adapters.detector_fit``), publish its folder,
+        load it into the bank: from then on the gate refuses matched prompts."""
         self._advance(name, State.FITTING_DETECTOR, "fitting the OOD detector")
         if self.detector is None:
             self._advance(name, State.ENFORCING, "no detector in this gateway: nothing is enforced until the adapter is live")
             return
-        texts = [text for ex in examples for text in ex.detector_texts()]
-        async with self.detector._fit_lock:
-            scorer = await asyncio.to_thread(self.detector.fit, name, texts, record.subjects)
-            published = await asyncio.to_thread(self.store.publish, name, "detector", scorer.save)
+        job_dir = self.jobs_dir / record.job_id
+        out_dir = job_dir / "detector"
+        async with self._fit_lock:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            spec = {
+                "model_path": str(self.model_path),
+                "extractor": extractor_settings(self.detector.bank.extractor),
+                "threads": self.fit_threads,
+                "examples_path": str(job_dir / "examples.jsonl"),
+                "name": name,
+                "subjects": list(record.subjects),
+                "out_dir": str(out_dir),
+            }
+            atomic_write_bytes(job_dir / "detector_spec.json", json.dumps(spec).encode())
+            await self._run_child(
+                name, record.job_id, "oblivio.adapters.detector_fit", job_dir / "detector_spec.json",
+                threads=self.fit_threads, state=State.FITTING_DETECTOR, span=FIT_SPAN, what="detector fit",
+                describe=lambda message: (float(message["fraction"]), str(message["message"])),
+            )
+        published = await asyncio.to_thread(self.store.publish, name, "detector", out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        (job_dir / "detector_spec.json").unlink(missing_ok=True)
+        scorer = await asyncio.to_thread(self.detector.load, published.path)
         self.registry.update_set(name, detector_version=published.version)
         self.detector.bank.add(name, scorer)
         self._note_loaded(name, detector=published.version)
@@ -740,56 +768,43 @@ class RegistrationPipeline:
                 "checkpoint_path": str(job_dir / "checkpoint.pt"),
             }
             atomic_write_bytes(job_dir / "spec.json", json.dumps(spec).encode())
-            report = await self._run_trainer(name, job_id, job_dir / "spec.json")
+            report = await self._run_child(
+                name, job_id, "oblivio.adapters.training", job_dir / "spec.json",
+                threads=self.threads, state=State.TRAINING, span=TRAINING_SPAN, what="training",
+                describe=lambda message: (
+                    int(message["step"]) / max(int(message["total"]), 1),
+                    f"training step {message['step']}/{message['total']}, loss {message['loss']:.4f}",
+                ),
+            )
         self.registry.set_job_report(job_id, report)
         self.registry.update_set(name, overlaps=report.get("overlap", {}))
 
-    async def _run_trainer(self, name: str, job_id: str, spec_path: Path) -> dict[str, Any]:
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(self.threads)
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # No preexec_fn: running Python between fork and exec in a process with gRPC threads
-        # can crash the child. The trainer lowers its own priority and arms its death signal.
-        env["OBLIVIO_TRAINER_NICE"] = str(self.nice)
-        env["OBLIVIO_TRAINER_PARENT"] = str(os.getpid())
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "oblivio.adapters.training", str(spec_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )
-        self._procs[name] = proc
-        report: dict[str, Any] | None = None
-        error = ""
-        stderr_task = asyncio.ensure_future(proc.stderr.read())  # drain so the child never blocks
-        try:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                if not line.startswith("{"):
-                    continue
-                message = json.loads(line)
-                if message.get("event") == "progress":
-                    step, total = int(message["step"]), int(message["total"])
-                    lo, hi = TRAINING_SPAN
-                    fraction = lo + (hi - lo) * step / max(total, 1)
-                    text = f"training step {step}/{total}, loss {message['loss']:.4f}"
-                    self.registry.set_progress(job_id, fraction, text)
-                    self._emit(name, job_id, State.TRAINING, fraction, text)
-                elif message.get("event") == "done":
-                    report = message["report"]
-                elif message.get("event") == "error":
-                    error = message["message"]
-            await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            self._procs.pop(name, None)
-        stderr = (await stderr_task).decode(errors="replace")
-        if proc.returncode != 0 or report is None:
-            tail = error or stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            raise RuntimeError(f"training failed: {tail if isinstance(tail, str) else tail[0]}")
-        return report
+    async def _run_child(
+        self, name: str, job_id: str, module: str, spec_path: Path, *, threads: int, state: State,
+        span: tuple[float, float], what: str, describe: Callable[[dict[str, Any]], tuple[float, str]],
+    ) -> dict[str, Any]:
+        """Run one step's child process (``oblivio.adapters.child_process``) for the set's job.
+
+        ``describe`` turns a progress message into (fraction of the step, text); it becomes the
+        job's progress within ``span`` and a ``state`` event. The process is tracked in
+        ``_procs`` while it runs, so a deletion kills it.
+        """
+        low, high = span
+
+        def on_progress(message: dict[str, Any]) -> None:
+            done, text = describe(message)
+            fraction = low + (high - low) * min(max(done, 0.0), 1.0)
+            self.registry.set_progress(job_id, fraction, text)
+            self._emit(name, job_id, state, fraction, text)
+
+        def on_process(proc: asyncio.subprocess.Process | None) -> None:
+            if proc is None:
+                self._procs.pop(name, None)
+            else:
+                self._procs[name] = proc
+
+        return await run_child(module, spec_path, threads=threads, nice=self.nice, on_progress=on_progress,
+                               on_process=on_process, what=what)
 
     async def _publish(self, name: str, job_id: str, record: ForgetSetRecord) -> None:
         job_dir = self.jobs_dir / job_id

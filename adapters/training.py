@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import torch
 
+from oblivio.adapters.child_entry import child_main, emit
+from oblivio.adapters.limits import MAX_TEXT_CHARS
 from oblivio.adapters.losses import (
     IGNORE_INDEX,
     inverted_hinge_loss,
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 Method = Literal["refusal", "npo", "ihl"]
 METHODS: tuple[str, ...] = ("refusal", "npo", "ihl")
 TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MAX_TEXT_CHARS = 8000
 
 # Varied "never knew it" answers: one phrasing would teach a single memorised string and make
 # the refusal easy to spot; these share the meaning and differ in the wording.
@@ -374,17 +375,12 @@ def _reference_logprobs(
 
 
 # ---- subprocess entry point ------------------------------------------------------------------
-# The registration pipeline runs training in a child process: its torch threads, memory and
-# GIL are then separate from the serving process, and a deletion can stop it with one kill.
-# Protocol: argv[1] is a JSON spec; stdout carries one JSON object per line
-# ({"event": "progress", ...} per step, then {"event": "done", "report": {...}}).
+# The registration pipeline runs training in a child process (``oblivio.adapters.child_process``):
+# argv[1] is a JSON spec; stdout carries {"event": "progress", "step", "total", "loss"} per step,
+# then {"event": "done", "report": {...}}.
 
 
-def _emit(payload: dict[str, Any]) -> None:
-    print(json.dumps(payload), flush=True)
-
-
-def run_spec(spec: Mapping[str, Any]) -> TrainingReport:
+def run_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Run one training described by a JSON-able spec (what the pipeline writes)."""
     examples_path = Path(spec["examples_path"])
     examples = [ForgetExample.from_mapping(json.loads(line)) for line in examples_path.read_text().splitlines() if line.strip()]
@@ -396,49 +392,13 @@ def run_spec(spec: Mapping[str, Any]) -> TrainingReport:
         method=settings.method,
         prior_adapters={name: Path(path) for name, path in spec.get("priors", {}).items()},
         settings=settings,
-        progress=lambda step, total, loss: _emit({"event": "progress", "step": step, "total": total, "loss": loss}),
+        progress=lambda step, total, loss: emit({"event": "progress", "step": step, "total": total, "loss": loss}),
         checkpoint_path=Path(spec["checkpoint_path"]) if spec.get("checkpoint_path") else None,
-    )
-
-
-def _detach_safely() -> None:
-    """Lower our priority and die with the server that started us (set by the pipeline's env).
-
-    Done here rather than in a preexec hook because the parent is a multi-threaded gRPC
-    process, where running Python between fork and exec is unsafe.
-    """
-    nice = int(os.environ.get("OBLIVIO_TRAINER_NICE", "0") or 0)
-    if nice > 0:
-        os.nice(nice)
-    parent = os.environ.get("OBLIVIO_TRAINER_PARENT")
-    if parent and os.name == "posix":
-        import ctypes
-        import signal
-        import sys
-
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() != int(parent):  # the parent died before the signal was armed
-            raise SystemExit(3)
+    ).to_json()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    _detach_safely()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m oblivio.adapters.training SPEC.json", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        report = run_spec(json.loads(Path(args[0]).read_text()))
-    except (ValueError, FileNotFoundError) as exc:
-        _emit({"event": "error", "message": str(exc)})
-        return 1
-    _emit({"event": "done", "report": report.to_json()})
-    return 0
+    return child_main(argv, run_spec, usage="python -m oblivio.adapters.training SPEC.json")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from oblivio.adapters.limits import RegistrationLimits
 from oblivio.adapters.registry import ForgetSetRecord, RegistryUnavailableError, State
 from oblivio.v1 import oblivio_pb2 as pb
 
@@ -30,7 +31,6 @@ METHOD_FROM_PROTO = {
 }
 METHOD_TO_PROTO = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
 STATE_TO_PROTO = {state: getattr(pb, f"REGISTRATION_STATE_{state.value}") for state in State}
-MAX_STREAMED_EXAMPLES = 10_000
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -108,7 +108,7 @@ class ForgetAdminMixin:
     ) -> pb.RegisterForgetSetResponse:
         try:
             pipeline = self._pipeline()
-            header, examples = await _read_registration(request_iterator)
+            header, examples = await _read_registration(request_iterator, pipeline.limits)
             record = await pipeline.register(
                 header.name,
                 examples,
@@ -170,11 +170,13 @@ class _Unavailable(RuntimeError):
 
 
 async def _read_registration(
-    request_iterator: AsyncIterator[pb.RegisterForgetSetRequest],
+    request_iterator: AsyncIterator[pb.RegisterForgetSetRequest], limits: RegistrationLimits,
 ) -> tuple[pb.ForgetSetHeader, list[dict[str, str]]]:
-    """Header first (exactly once), then example chunks; bounded so a client cannot flood memory."""
+    """Header first (exactly once), then example chunks. Each example is counted against
+    ``limits`` as it arrives, so an oversized set is refused without buffering the rest of it."""
     header: pb.ForgetSetHeader | None = None
     examples: list[dict[str, str]] = []
+    counter = limits.counter()
     async for message in request_iterator:
         kind = message.WhichOneof("item")
         if kind == "header":
@@ -192,8 +194,7 @@ async def _read_registration(
                     examples.append({"text": example.text})
                 else:
                     raise ValueError("an example must be a question/answer pair or a text")
-                if len(examples) > MAX_STREAMED_EXAMPLES:
-                    raise ValueError(f"a forget set may hold at most {MAX_STREAMED_EXAMPLES} examples")
+                counter.add(examples[-1])
         else:
             raise ValueError("empty RegisterForgetSetRequest message")
     if header is None:

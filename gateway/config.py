@@ -17,6 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from oblivio.adapters.limits import (
+    DEFAULT_MAX_EXAMPLE_CHARS,
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_MAX_TOTAL_CHARS,
+    MAX_TEXT_CHARS,
+)
+
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 ENV_PREFIX = "OBLIVIO_"
 # Shortest accepted admin token / chat API key, inline or from a file: anything shorter can be
@@ -96,6 +103,11 @@ class DetectorConfig(_Section):
     layers: tuple[int, ...] = Field(default=(4, 6, 8, 10, 12), min_length=1)
     max_prompt_tokens: int = Field(default=512, ge=8)
     threads: int = Field(default=1, ge=1, description="torch intra-op threads (process-wide)")
+    fit_threads: int = Field(
+        default=1, ge=1,
+        description="torch threads of the child process that fits a registered set's detector (chat scoring "
+                    "never waits for it, but it shares the host's cores)",
+    )
     projection_seed: int = Field(
         default=0,
         ge=0,
@@ -138,6 +150,20 @@ class TrainingConfig(_Section):
     epochs: float = Field(default=5.0, gt=0)
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=96, ge=16, description="tokens per training sequence")
+
+
+class RegistrationConfig(_Section):
+    """Bounds on one forget-set registration; a set over any of them is refused with
+    INVALID_ARGUMENT naming the bound and the example. The detector fit's memory grows with a
+    set's characters (roughly 3 GB per 100,000), so these bound it; TOFU forget10 (400 QA pairs,
+    103k characters, longest pair 619) fits well within the defaults."""
+
+    max_examples: int = Field(default=DEFAULT_MAX_EXAMPLES, ge=2, description="examples per set")
+    max_example_chars: int = Field(
+        default=DEFAULT_MAX_EXAMPLE_CHARS, ge=1, le=MAX_TEXT_CHARS,
+        description="characters of one example (question, answer and text together)",
+    )
+    max_total_chars: int = Field(default=DEFAULT_MAX_TOTAL_CHARS, ge=1, description="characters of a whole set")
 
 
 class AuthConfig(_Section):
@@ -246,6 +272,7 @@ class OblivioConfig(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

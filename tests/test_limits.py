@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fixtures_reliability import registration_messages, stored_state, stream_of, user_request
-from oblivio.adapters.training import MAX_TEXT_CHARS
+from oblivio.adapters.limits import DEFAULT_MAX_EXAMPLE_CHARS, DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_TOTAL_CHARS
 from oblivio.gateway.chat_core import MAX_CHARS_PER_TOKEN, MAX_MESSAGES, MAX_STOP_SEQUENCES
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
@@ -118,12 +118,20 @@ async def test_get_and_delete_never_reach_outside_the_artifact_dir(serving_gatew
     [
         ([], "at least one example"),
         ([{"text": "same text here"}] * 3, "at least 2 distinct examples"),
-        ([{"text": "z" * (MAX_TEXT_CHARS + 1)}, {"text": "fine"}], f"longer than {MAX_TEXT_CHARS}"),
-        ([{"question": "q?", "answer": "a" * (MAX_TEXT_CHARS + 1)}, {"text": "fine"}], f"longer than {MAX_TEXT_CHARS}"),
+        ([{"text": "z" * (DEFAULT_MAX_EXAMPLE_CHARS + 1)}, {"text": "fine"}],
+         f"example 1 ('{'z' * 40}...') has {DEFAULT_MAX_EXAMPLE_CHARS + 1} characters, over "
+         f"registration.max_example_chars = {DEFAULT_MAX_EXAMPLE_CHARS}"),
+        ([{"text": "fine"}, {"question": "q?", "answer": "a" * DEFAULT_MAX_EXAMPLE_CHARS}],
+         f"example 2 ('q? {'a' * 37}...') has {DEFAULT_MAX_EXAMPLE_CHARS + 2} characters, over "
+         "registration.max_example_chars"),
         ([{"question": "", "answer": "an answer alone"}, {"text": "fine"}], "either a question"),
-        ([{"text": f"example {i}"} for i in range(10_001)], "at most 10000 examples"),
+        ([{"text": f"example {i}"} for i in range(DEFAULT_MAX_EXAMPLES + 1)],
+         f"example {DEFAULT_MAX_EXAMPLES + 1} ('example {DEFAULT_MAX_EXAMPLES}') is one more than "
+         f"registration.max_examples = {DEFAULT_MAX_EXAMPLES}"),
+        ([{"text": f"{i:04d} " + "w" * 1990} for i in range(DEFAULT_MAX_TOTAL_CHARS // 1995 + 1)],
+         f"over registration.max_total_chars = {DEFAULT_MAX_TOTAL_CHARS}"),
     ],
-    ids=["empty", "duplicates", "long-text", "long-answer", "answer-only", "too-many"],
+    ids=["empty", "duplicates", "long-text", "long-answer", "answer-only", "too-many", "too-large"],
 )
 async def test_register_refuses_bad_forget_sets(serving_gateway, grpc_channel, examples, expected):
     admin = oblivio_pb2_grpc.AdminStub(grpc_channel)
@@ -133,6 +141,54 @@ async def test_register_refuses_bad_forget_sets(serving_gateway, grpc_channel, e
     assert err.value.code() == INVALID, err.value.details()
     assert expected in err.value.details()
     assert stored_state(serving_gateway) == before
+
+
+async def test_an_endless_upload_is_refused_at_the_bound(serving_gateway, grpc_channel):
+    """The Admin API counts examples as they arrive: a client that never stops sending is
+    refused at registration.max_examples, without the server buffering the rest."""
+    admin = oblivio_pb2_grpc.AdminStub(grpc_channel)
+    sent = 0
+
+    async def endless():
+        nonlocal sent
+        yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(name="endless"))
+        while True:
+            sent += 100
+            yield pb.RegisterForgetSetRequest(chunk=pb.ExampleChunk(
+                examples=[pb.Example(text=f"endless example {sent + i}") for i in range(100)]))
+
+    before = stored_state(serving_gateway)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.RegisterForgetSet(endless(), timeout=60)
+    assert err.value.code() == INVALID, err.value.details()
+    assert f"registration.max_examples = {DEFAULT_MAX_EXAMPLES}" in err.value.details()
+    assert sent < 3 * DEFAULT_MAX_EXAMPLES  # stopped reading near the bound
+    assert stored_state(serving_gateway) == before
+
+
+async def test_an_oversized_set_leaves_registered_sets_intact(serving_gateway, grpc_channel):
+    """A refusal over a bound changes nothing stored: a registered set, its artifacts, its
+    registry row and the gate policy are exactly as before, and the set still serves."""
+    admin = oblivio_pb2_grpc.AdminStub(grpc_channel)
+    kept = [{"question": "Who painted the Hay Wain?", "answer": "John Constable."},
+            {"text": "John Constable painted The Hay Wain in 1821."}]
+    await admin.RegisterForgetSet(stream_of(registration_messages("kept-set", kept)), timeout=60)
+    try:
+        async for event in admin.WatchRegistration(pb.WatchRegistrationRequest(name="kept-set"), timeout=600):
+            if event.terminal:
+                assert event.state == pb.REGISTRATION_STATE_LIVE, event
+        before = stored_state(serving_gateway)
+        oversized = [{"text": f"{i:04d} " + "w" * 1990} for i in range(DEFAULT_MAX_TOTAL_CHARS // 1995 + 1)]
+        for name in ("kept-set", "oversized-set"):  # its own name again, and a new one
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.RegisterForgetSet(stream_of(registration_messages(name, oversized)), timeout=60)
+            assert err.value.code() == INVALID, err.value.details()
+            assert "registration.max_total_chars" in err.value.details()
+        assert stored_state(serving_gateway) == before
+        info = await admin.GetForgetSet(pb.GetForgetSetRequest(name="kept-set"), timeout=30)
+        assert info.state == pb.REGISTRATION_STATE_LIVE and info.adapter_version == 1
+    finally:
+        await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name="kept-set"), timeout=60)
 
 
 async def test_register_refuses_malformed_streams(serving_gateway, grpc_channel):
