@@ -195,6 +195,24 @@ _SET_FIELDS = (
 _JOB_FIELDS = "id, set_name, state, fraction, message, attempts, created_at, updated_at, report, owner, lease_until"
 
 
+def _set_row(record: ForgetSetRecord) -> tuple[Any, ...]:
+    """The stored columns (``_SET_FIELDS`` order) of a record; the inverse of _set_from_row."""
+    return (record.name, record.description, json.dumps(list(record.subjects)), record.method,
+            int(record.keep_data), record.state.value, record.example_count, int(record.data_retained),
+            record.job_id, record.error, record.adapter_version, record.detector_version,
+            json.dumps(record.overlaps), record.created_at, record.updated_at)
+
+
+def _job_row(job: JobRecord) -> tuple[Any, ...]:
+    """The stored columns (``_JOB_FIELDS`` order) of a job; the inverse of _job_from_row."""
+    return (job.id, job.set_name, job.state.value, job.fraction, job.message, job.attempts, job.created_at,
+            job.updated_at, json.dumps(job.report), job.owner, job.lease_until)
+
+
+_INSERT_SET = f"INSERT INTO forget_sets ({_SET_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
 def _set_from_row(row: Sequence[Any]) -> ForgetSetRecord:
     return ForgetSetRecord(
         name=row[0], description=row[1], subjects=json.loads(row[2]), method=row[3],
@@ -290,21 +308,36 @@ class Registry(ABC):
         validate_name(name)
         now = time.time()
         job_id = job_id or uuid.uuid4().hex[:16]
+        record = ForgetSetRecord(
+            name=name, description=description, subjects=list(subjects), method=method, keep_data=keep_data,
+            state=State.VALIDATING, example_count=example_count, data_retained=True, job_id=job_id, error="",
+            adapter_version=0, detector_version=0, overlaps={}, created_at=now, updated_at=now,
+        )
+        job = JobRecord(id=job_id, set_name=name, state=State.VALIDATING, fraction=0.0, message="accepted",
+                        attempts=0, created_at=now, updated_at=now, owner=owner,
+                        lease_until=now + lease_s if owner else 0.0)
         with self._tx() as db:
-            inserted = db.execute(
-                f"INSERT INTO forget_sets ({_SET_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, description, json.dumps(list(subjects)), method, int(keep_data), State.VALIDATING.value,
-                 example_count, 1, job_id, "", 0, 0, "{}", now, now),
-            )
+            inserted = db.execute(_INSERT_SET + " ON CONFLICT (name) DO NOTHING", _set_row(record))
             if inserted.rowcount == 0:
                 raise ForgetSetExistsError(f"forget set {name!r} already exists; delete it first or pick another name")
-            db.execute(
-                f"INSERT INTO jobs ({_JOB_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (job_id, name, State.VALIDATING.value, 0.0, "accepted", 0, now, now, "{}",
-                 owner, now + lease_s if owner else 0.0),
-            )
+            db.execute(_INSERT_JOB, _job_row(job))
         return self.get(name), self.job(job_id)
+
+    def copy_from(self, source: Registry) -> tuple[int, int]:
+        """Copy every set and job of ``source`` into this registry, which must know no set (moving
+        from the embedded SQLite file to PostgreSQL; the gateways are stopped meanwhile). One
+        transaction, so a failed copy leaves this registry empty. Returns (sets, jobs) copied."""
+        sets = source.list()
+        jobs = [job for record in sets for job in source.jobs_for(record.name)]
+        with self._tx() as db:
+            if db.execute("SELECT name FROM forget_sets LIMIT 1").fetchone():
+                raise RegistryStateError(f"the registry {self.location} already knows forget sets; "
+                                         "copy only into an empty registry")
+            for record in sets:
+                db.execute(_INSERT_SET, _set_row(record))
+            for job in jobs:
+                db.execute(_INSERT_JOB, _job_row(job))
+        return len(sets), len(jobs)
 
     # ---- reads ------------------------------------------------------------------------------
     def get(self, name: str) -> ForgetSetRecord:

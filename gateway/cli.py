@@ -12,11 +12,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from oblivio.gateway import cli_forget, cli_gate, cli_model, cli_serve
+from oblivio.gateway import cli_forget, cli_gate, cli_model, cli_registry, cli_serve
 from oblivio.gateway.config import ConfigError
 from oblivio.eval import cli as eval_cli
 
-SUBCOMMAND_MODULES = (cli_model, cli_serve, cli_gate, cli_forget, eval_cli)
+SUBCOMMAND_MODULES = (cli_model, cli_serve, cli_gate, cli_forget, cli_registry, eval_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

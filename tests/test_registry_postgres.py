@@ -10,7 +10,9 @@ test_fail_closed.py; here is what only a shared network database has:
 * a deleted set's text is gone from the tables' files (VACUUM FULL), not only from queries;
 * a server that cannot be reached or refuses the password is one clear start-up error that
   never prints the password; a dropped connection is one retryable error, then reconnects;
-* the configuration refuses a password inside the URL without printing it.
+* the configuration refuses a password inside the URL without printing it;
+* ``oblivio registry copy`` moves a SQLite registry into an empty database, which the
+  fail-closed start then accepts next to the artifact store.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from oblivio.adapters.registry import (
     State,
 )
 from oblivio.adapters.registry_factory import open_registry
+from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
+from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
+from oblivio.gateway.cli import main as oblivio_cli
 from oblivio.gateway.config import ConfigError, RegistryConfig, load_config
 
 SECRETS = (b"Tobias Quillon", b"born in the city of Paris", b"quillon-secret-set")
@@ -211,6 +216,36 @@ def test_a_password_in_the_url_is_refused_without_printing_it():
     config = load_config(environ={"OBLIVIO_REGISTRY__URL": "postgresql://oblivio@db:5432/oblivio",
                                   "OBLIVIO_REGISTRY__PASSWORD": "hunter2-secret"})
     assert config.registry.password == "hunter2-secret"
+
+
+def test_registry_copy_moves_a_sqlite_registry_into_an_empty_database(tmp_path, config, monkeypatch, capsys):
+    sqlite = SqliteRegistry(tmp_path / REGISTRY_FILE)
+    sqlite.create("alpha", method="refusal", description="d", subjects=["Ann"], example_count=3)
+    sqlite.create("beta", method="npo", owner="replica-a", lease_s=30)
+    for state in (State.FITTING_DETECTOR, State.ENFORCING):
+        sqlite.transition("alpha", state, fraction=0.1, message=state.value)
+    sqlite.update_set("alpha", detector_version=1, overlaps={"beta": 0.02})
+    sqlite.set_job_report(sqlite.get("alpha").job_id, {"steps": 2})
+    expected = [(r, sqlite.jobs_for(r.name)) for r in sqlite.list()]
+    sqlite.close()
+    store = ArtifactStore(tmp_path / STORE_SUBDIR)
+    for name in ("alpha", "beta"):
+        store.publish(name, "detector", lambda stage: (stage / "state.npz").write_bytes(b"fitted"))
+    with pytest.raises(RegistryStateError, match="knows no forget set"):  # pointed at the empty database
+        check_stored_state(tmp_path, registry_config=config)
+
+    monkeypatch.setenv("OBLIVIO_REGISTRY__URL", config.url)
+    assert oblivio_cli(["registry", "copy", "--artifacts-dir", str(tmp_path)]) == 0
+    assert "copied 2 forget sets and 2 registration jobs" in capsys.readouterr().out
+    copied = open_registry(tmp_path, config)
+    try:
+        assert [(r, copied.jobs_for(r.name)) for r in copied.list()] == expected
+    finally:
+        copied.close()
+    check_stored_state(tmp_path, registry_config=config)  # starts, and deletes nothing
+    assert store.set_names() == ["alpha", "beta"]
+    assert oblivio_cli(["registry", "copy", "--artifacts-dir", str(tmp_path)]) == 1  # not into a full one
+    assert "already knows forget sets" in capsys.readouterr().err
 
 
 class _NoAdapters:
