@@ -88,3 +88,39 @@ async def gateway_with_registration(config: Any, backend: Any, detector: Any, tr
         for record in pipeline.list():
             await pipeline.delete(record.name)
         await gateway.stop(grace=1)
+
+
+# ---- a detector fit that takes a while (issue 17: a large upload must not starve chat) --------
+FIT_MODULE = "oblivio.adapters.detector_fit"
+
+
+def tofu_examples(count: int) -> list[dict[str, str]]:
+    """``count`` real TOFU question/answer pairs: a set whose detector fit takes many seconds
+    (60 pairs: about 25 s on one thread) while staying far inside the registration bounds."""
+    from oblivio.eval.tofu import forget_split
+
+    return [{"question": row.question, "answer": row.answer} for row in forget_split("forget10")[:count]]
+
+
+async def until_fitting(admin: Any, name: str) -> None:
+    """Watch ``name``'s registration until its fit process is running the model."""
+    from oblivio.v1 import oblivio_pb2 as pb
+
+    async for event in admin.WatchRegistration(pb.WatchRegistrationRequest(name=name), timeout=300):
+        if event.state == pb.REGISTRATION_STATE_FITTING_DETECTOR and event.message.startswith("fitting the detector on"):
+            return
+        assert not event.terminal, f"the registration of {name!r} ended before its fit: {event}"
+
+
+def fit_processes(parent_pid: int) -> list[Any]:
+    """The detector-fit child processes (psutil) running under ``parent_pid``."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(parent_pid).children(recursive=True):
+        try:
+            if FIT_MODULE in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found

@@ -1,5 +1,6 @@
 """Start, drain and stop: graceful shutdown finishes in-flight calls; ``oblivio serve`` runs the
-whole gateway from one command and exits cleanly on SIGTERM."""
+whole gateway from one command and exits cleanly on SIGTERM, within its grace period even while
+a registration's detector fit runs (issue 17: it took 128 s, or a SIGKILL)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -15,6 +17,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fixtures_registration import fit_processes, tofu_examples, until_fitting
+from fixtures_reliability import registration_messages, stream_of
 from fixtures_serving import serving_config
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
@@ -72,8 +76,13 @@ async def test_graceful_shutdown_finishes_in_flight_requests(model_path, referen
     assert await reference_backend.healthy(), "the gateway must not close a backend it does not own"
 
 
+GRACE_S = 10
+
+
 async def test_oblivio_serve_prints_addresses_serves_and_stops_on_sigterm(model_path, tmp_path: Path) -> None:
-    env = {**os.environ, "OBLIVIO_HOME": str(tmp_path)}
+    """... and stops within its grace period while a registration's detector fit is running,
+    taking the fit process with it."""
+    env = {**os.environ, "OBLIVIO_HOME": str(tmp_path), "OBLIVIO_SERVER__SHUTDOWN_GRACE_S": str(GRACE_S)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "oblivio.gateway.cli", "serve", "--backend", "reference",
         "--model", str(model_path), "--grpc-port", "0", "--http-port", "0",
@@ -95,12 +104,21 @@ async def test_oblivio_serve_prints_addresses_serves_and_stops_on_sigterm(model_
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             answer = await oblivio_pb2_grpc.ChatStub(channel).Complete(_request(3), timeout=120)
             assert answer.usage.completion_tokens >= 1
+            admin = oblivio_pb2_grpc.AdminStub(channel)
+            await admin.RegisterForgetSet(stream_of(registration_messages("tofu-fit", tofu_examples(60))), timeout=60)
+            await until_fitting(admin, "tofu-fit")
         async with httpx.AsyncClient(base_url=http_url, timeout=30) as http:
             assert (await http.get("/v1/models")).status_code == 200
+        [fit] = fit_processes(process.pid)
+        started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(process.stdout.read(), timeout=60)
         output.append(rest.decode())
         assert await process.wait() == 0, "".join(output)
+        stopped_in = time.monotonic() - started
+        print(f"stopped {stopped_in:.1f} s after SIGTERM during a detector fit (grace {GRACE_S} s)")
+        assert stopped_in < GRACE_S, f"stopped {stopped_in:.1f} s after SIGTERM"
+        assert not fit.is_running(), "the detector fit outlived the server"
         assert "shutting down" in "".join(output)
     finally:
         if process.returncode is None:
