@@ -13,7 +13,9 @@ server. The registry's SQL is shared with SQLite (``oblivio.adapters.registry``)
 * **Connection loss.** One connection per registry, guarded by a lock; a connection the server
   dropped (restart, failover, network) is replaced on the next call, and a call that cannot
   reach the server raises :class:`RegistryUnavailableError` (the pipeline's poll and lease
-  renewal retry; the Admin API answers UNAVAILABLE).
+  renewal retry; the Admin API answers UNAVAILABLE). Calls are synchronous, like SQLite's, and
+  the pipeline makes them on the event loop: TCP keepalives and ``tcp_user_timeout`` bound how
+  long a vanished server can stall one call (about ``connect_timeout_s``).
 * **Deleting text.** PostgreSQL never overwrites a row in place: a DELETE (and every UPDATE
   before it) leaves dead row versions in the table's pages until VACUUM. After a deletion the
   registry runs ``VACUUM FULL`` on its two small tables, which rewrites them (and their indexes
@@ -121,9 +123,15 @@ class PostgresRegistry(Registry):
                 self._connection.close()
                 self._connection = None
             try:
+                timeout_s = max(1, round(self._connect_timeout_s))
                 connection = psycopg.connect(
-                    self._url, password=self._password, connect_timeout=max(1, round(self._connect_timeout_s)),
-                    autocommit=True, application_name="oblivio-registry",
+                    self._url, password=self._password, connect_timeout=timeout_s, autocommit=True,
+                    application_name="oblivio-registry",
+                    # A server that vanished (a partition, a dead node) fails the call within about
+                    # timeout_s instead of the kernel's minutes: registry calls run on the gateway's
+                    # event loop.
+                    keepalives=1, keepalives_idle=timeout_s, keepalives_interval=1, keepalives_count=3,
+                    tcp_user_timeout=timeout_s * 1000,
                 )
             except psycopg.OperationalError as exc:
                 raise RegistryUnavailableError(

@@ -172,12 +172,14 @@ def _store_with_sets(artifacts: Path, names: tuple[str, ...]) -> ArtifactStore:
     return store
 
 
-async def _serve_until_exit(model_path: Path, home: Path) -> tuple[int, str]:
-    """Run ``oblivio serve`` on ``home`` (reference backend) until it exits; (code, output)."""
+async def _serve_until_exit(model_path: Path, home: Path, **env: str) -> tuple[int, str]:
+    """Run ``oblivio serve`` on ``home`` (reference backend, ``env`` added) until it exits;
+    (code, output)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "oblivio.gateway.cli", "serve", "--backend", "reference",
         "--model", str(model_path), "--grpc-port", "0", "--http-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "OBLIVIO_HOME": str(home)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "OBLIVIO_HOME": str(home), **env},
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout=240)
@@ -214,6 +216,18 @@ async def test_garbage_registry_is_a_clear_start_error(model_path, tmp_path):
     assert "cannot start the gateway: the registry" in output and "file is not a database" in output, output
     assert "Restore registry.db" in output and "Traceback" not in output, output
     assert (artifacts / REGISTRY_FILE).read_bytes() == garbage
+
+
+async def test_unreachable_postgres_registry_is_a_clear_start_error_without_the_password(model_path, tmp_path):
+    """registry.url names a PostgreSQL server nobody runs (a wrong host, a database down)."""
+    code, output = await _serve_until_exit(
+        model_path, tmp_path, OBLIVIO_REGISTRY__URL="postgresql://oblivio@127.0.0.1:1/oblivio",
+        OBLIVIO_REGISTRY__PASSWORD="never-printed-secret", OBLIVIO_REGISTRY__CONNECT_TIMEOUT_S="2",
+    )
+    assert code == 1, output
+    assert "cannot start the gateway: the registry PostgreSQL database postgresql://oblivio@127.0.0.1:1/oblivio" \
+        in output and "cannot reach the registry" in output, output
+    assert "never-printed-secret" not in output and "Traceback" not in output, output
 
 
 def test_the_discard_override_deletes_unregistered_sets_and_logs_each(tmp_path, caplog, registry_config):

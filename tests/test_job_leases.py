@@ -6,7 +6,8 @@ test runs real pipelines over one artifact directory: while the owner renews, th
 never runs the job; a replica that shuts down hands the job over at once; an owner whose lease
 was taken stops its copy; and a job whose owner vanished without a word (a lease nobody renews,
 held by a replica on another host) is taken by exactly one of two replicas, only after the lease
-expired, and finished there.
+expired, and finished there. The lease primitives and the replica tests run on both registry
+backends (SQLite, and a real PostgreSQL server as replicas on several nodes would share).
 """
 
 from __future__ import annotations
@@ -124,12 +125,15 @@ async def _until(check, timeout: float = 60, every: float = 0.05):  # type: igno
 
 
 @pytest.mark.slow
-async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path, model_path, reference_backend):
+async def test_replicas_run_each_job_once_and_take_over_after_the_lease(
+    tmp_path, model_path, reference_backend, registry_config
+):
     # A 2 s lease renewed every 0.67 s: an event loop stalled under CI's CPU contention (0.7 s was
     # seen with a 1 s lease) must not hand the job over while the test says the owner holds it.
     name, lease, poll = "leased-france", 2.0, 0.2
     root: Path = tmp_path / "shared"
-    options = dict(sync_interval=poll, lease_s=lease, training=tiny_training(steps=2, checkpoint_every=1))
+    options = dict(sync_interval=poll, lease_s=lease, training=tiny_training(steps=2, checkpoint_every=1),
+                   registry_config=registry_config)
     replica_a = make_pipeline(root, model_path, reference_backend, None, **options)
     replica_b = make_pipeline(root, model_path, reference_backend, None, **options)
     for replica in (replica_a, replica_b):
@@ -154,7 +158,7 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path
 
         # 3. A replica on another host wrongly judged B dead and took the lease: B notices at its
         #    next renewal and stops its copy of the job. Then that replica vanishes without a word.
-        probe = SqliteRegistry(root / "registry.db")
+        probe = open_registry(root, registry_config)
         try:
             assert probe.acquire_lease(record.job_id, FOREIGN_OWNER, 4 * lease, holder_dead=lambda holder: True)
             expires = probe.job(record.job_id).lease_until
@@ -190,11 +194,11 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(tmp_path
 
 
 @pytest.mark.slow
-async def test_delete_on_another_replica_stops_the_owners_job(tmp_path, model_path, reference_backend):
+async def test_delete_on_another_replica_stops_the_owners_job(tmp_path, model_path, reference_backend, registry_config):
     """B deletes a set whose job A owns: A's next lease renewal finds the job gone and stops it
     (a training there would be killed), and A's poll unloads whatever it had of the set."""
     name, lease = "deleted-elsewhere", 1.0
-    options = dict(sync_interval=0.2, lease_s=lease)
+    options = dict(sync_interval=0.2, lease_s=lease, registry_config=registry_config)
     replica_a = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
     replica_b = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
     await replica_a._train_lock.acquire()  # noqa: SLF001 - park A's job before the trainer

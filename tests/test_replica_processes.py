@@ -2,7 +2,8 @@
 
 This is the deployment the issue asks to test: replica A and replica B are separate gateway
 processes (each with its own model, detector bank, backend and policy store object) that share
-nothing but ``--artifacts-dir``. Every action goes through the public gRPC API of one replica
+nothing but ``--artifacts-dir`` and the registry: the SQLite file in it, or (as replicas on
+several nodes would) a PostgreSQL database through ``OBLIVIO_REGISTRY__URL``. Every action goes through the public gRPC API of one replica
 and every check through the other's:
 
 * a forget set registered on A is enforced on B (a prompt about it gets a decision with the set
@@ -27,6 +28,7 @@ import pytest
 
 from oblivio.adapters.pipeline import REPLICA_SYNC_S
 from oblivio.eval.server_client import ServerProcess, connect, register_and_wait, set_default_policy, start_server
+from oblivio.gateway.config import RegistryConfig
 from oblivio.v1 import oblivio_pb2 as pb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -43,9 +45,10 @@ PAIRS = [
 PROPAGATION_BOUND_S = 6 * REPLICA_SYNC_S + 30
 
 
-def _replica_env(home: Path) -> dict[str, str]:
+def _replica_env(home: Path, registry: RegistryConfig) -> dict[str, str]:
     return {
         "OBLIVIO_HOME": str(home),
+        **({"OBLIVIO_REGISTRY__URL": registry.url} if registry.url else {}),
         "OBLIVIO_ENGINE__BACKEND": "reference",
         "OBLIVIO_TRAINING__STEPS": "2",
         "OBLIVIO_TRAINING__BATCH_SIZE": "2",
@@ -72,13 +75,13 @@ def _verdict(decision: pb.GateDecision) -> pb.SetVerdict | None:
     return next((v for v in decision.verdicts if v.forget_set == SET), None)
 
 
-async def test_two_gateway_processes_share_registrations_policy_and_deletions(model_path, tmp_path):
+async def test_two_gateway_processes_share_registrations_policy_and_deletions(model_path, tmp_path, registry_config):
     shared = tmp_path / "artifacts"
     servers: list[ServerProcess] = []
     try:
         starts = [
             asyncio.to_thread(start_server, model_path, shared, tmp_path / f"{name}.log",
-                              _replica_env(tmp_path / f"home-{name}"), 300)
+                              _replica_env(tmp_path / f"home-{name}", registry_config), 300)
             for name in ("a", "b")
         ]
         results = await asyncio.gather(*starts, return_exceptions=True)
