@@ -194,14 +194,15 @@ async def test_cli_register_watch_show_delete(forget_gateway, tmp_path) -> None:
 # ---------- fast: request-stream parsing and CLI input, no server needed ---------------------
 
 
-async def _parse(*messages: pb.RegisterForgetSetRequest):
+async def _parse(*messages: pb.RegisterForgetSetRequest, limits: Any = None):
+    from oblivio.adapters.limits import RegistrationLimits
     from oblivio.gateway.admin_forget import _read_registration
 
     async def stream():
         for message in messages:
             yield message
 
-    return await _read_registration(stream())
+    return await _read_registration(stream(), limits or RegistrationLimits())
 
 
 HEADER = pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(name="s", method=pb.TRAINING_METHOD_NPO))
@@ -232,6 +233,30 @@ async def test_malformed_registration_streams_are_invalid(messages, fragment) ->
     with pytest.raises(ValueError, match=fragment) as info:
         await _parse(*messages)
     assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("limits", "fragment"),
+    [
+        ({"max_examples": 3}, "example 4 ('plain text') is one more than registration.max_examples = 3"),
+        ({"max_example_chars": 9}, "example 2 ('plain text') has 10 characters, over registration.max_example_chars = 9"),
+        ({"max_total_chars": 27}, "at example 4 ('plain text') the set holds 28 characters, over "
+                                  "registration.max_total_chars = 27"),
+    ],
+    ids=["examples", "example-chars", "total-chars"],
+)
+async def test_registration_stream_stops_at_a_bound(limits, fragment) -> None:
+    """Bounds are checked as examples arrive; the error names the bound and the example."""
+    from oblivio.adapters.limits import RegistrationLimits
+    from oblivio.gateway.admin_forget import status_for
+
+    with pytest.raises(ValueError) as info:
+        await _parse(HEADER, CHUNK, CHUNK, limits=RegistrationLimits(**limits))
+    assert fragment in str(info.value)
+    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    # A set exactly at every bound is accepted (4 examples, 10 characters each at most, 28 in all).
+    exact = RegistrationLimits(max_examples=4, max_example_chars=10, max_total_chars=28)
+    assert len((await _parse(HEADER, CHUNK, CHUNK, limits=exact))[1]) == 4
 
 
 def test_status_mapping() -> None:
