@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
+
+# Leftovers younger than this may be another replica's publish in progress (see recover()).
+RECOVERY_GRACE_S = 3600.0
 
 @dataclass(frozen=True)
 class Published:
@@ -213,19 +217,35 @@ class ArtifactStore:
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def recover(self) -> list[Path]:
-        """Clean what a crash left behind: staging folders, trash, unpublished version folders."""
+    def recover(self, *, older_than_s: float = RECOVERY_GRACE_S) -> list[Path]:
+        """Clean what a crash left behind: staging folders, trash, unpublished version folders.
+
+        ``older_than_s`` spares anything modified more recently: replicas share the store, and
+        a replica starting while another publishes must not delete that publish's staging
+        folder, or its version folder in the moment between the rename and the CURRENT switch.
+        A crash's leftovers are invisible to readers, so they can wait for a later start.
+        """
         removed: list[Path] = []
+        cutoff = time.time() - older_than_s
+
+        def stale(path: Path) -> bool:
+            try:
+                return path.lstat().st_mtime <= cutoff
+            except FileNotFoundError:  # its publisher finished (or removed it) meanwhile
+                return False
+
         for directory in (self.staging_dir, self.trash_dir):
             for leftover in directory.iterdir():
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+                if not stale(leftover):
+                    continue
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
                 removed.append(leftover)
         for name in self.set_names():
             for kind in KINDS:
                 current = self.current_version(name, kind)
                 for version in self.versions(name, kind):
-                    if version > current:  # renamed in, but CURRENT never switched to it
-                        path = self.path_of(name, kind, version)
+                    path = self.path_of(name, kind, version)
+                    if version > current and stale(path):  # renamed in, but CURRENT never switched to it
                         shutil.rmtree(path, ignore_errors=True)
                         removed.append(path)
         return removed

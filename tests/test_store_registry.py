@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -122,12 +125,32 @@ def test_killed_writer_leaves_previous_version_intact(tmp_path, where):
     # The reader's view is still the complete old version.
     assert store.current("gamma", "adapter") == old.path
     assert (old.path / "weights.bin").read_text() == "old-complete"
-    leftovers = store.recover()
+    leftovers = store.recover(older_than_s=0)
     assert leftovers, "the killed write should have left something to clean"
     assert store.versions("gamma", "adapter") == [1]
     assert list(store.staging_dir.iterdir()) == []
     again = store.publish("gamma", "adapter", _writer("retry"))
     assert again.version == 2 and store.current("gamma", "adapter") == again.path
+
+
+def test_recovery_spares_what_another_replica_is_publishing(tmp_path):
+    """Replicas share the store: one starting (recover) while another publishes must leave the
+    fresh staging folder and the fresh version folder not yet CURRENT alone; the same leftovers
+    once old are a crash's and are removed."""
+    store = ArtifactStore(tmp_path)
+    store.publish("epsilon", "adapter", _writer("one"))
+    staging = Path(tempfile.mkdtemp(dir=store.staging_dir, prefix="epsilon-adapter-"))
+    (staging / "weights.bin").write_text("being written")
+    renamed = store.path_of("epsilon", "adapter", 2)  # renamed in, CURRENT not switched yet
+    renamed.mkdir()
+    (renamed / "weights.bin").write_text("two")
+    assert store.recover() == []  # by default, anything touched in the last hour is spared
+    assert staging.is_dir() and renamed.is_dir() and store.current_version("epsilon", "adapter") == 1
+    an_hour_ago = time.time() - 3600
+    for path in (staging, renamed):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert sorted(store.recover()) == sorted([staging, renamed])
+    assert store.versions("epsilon", "adapter") == [1]
 
 
 def test_delete_set_removes_everything(tmp_path):
