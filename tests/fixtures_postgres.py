@@ -105,7 +105,8 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip("PostgreSQL is not installed (no initdb; deploy/setup.sh installs Debian's postgresql "
                     "package where apt and root are available)")
     run_as = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="oblivio-pg-"))
+    # Under root the server's user must reach its folder: /tmp, not a private $TMPDIR.
+    root = Path(tempfile.mkdtemp(prefix="oblivio-pg-", dir="/tmp" if run_as else None))
     if run_as:
         os.chown(root, run_as["user"], run_as["group"])
     server = PostgresServer(socket_dir=root, data_dir=root / "data", port=_free_port())
