@@ -13,8 +13,6 @@ Feature space: per layer, each token's hidden state is standardised with per-dim
 statistics of the shipped background text (LLM hidden states have a few huge outlier dimensions
 that would otherwise dominate cosine similarity), randomly rotated-and-projected to
 ``projection_dim`` dimensions (privacy: see ``oblivio.detector.privacy``) and L2-normalised.
-Pooled (mean over the user tokens, attention mask respected) vectors are kept for the global
-(Mahalanobis) score.
 
 Long prompts: text longer than ``max_prompt_tokens`` is cut into windows that are run as
 separate sequences of the same batch, so nothing is silently truncated (a truncation would let
@@ -60,12 +58,11 @@ class PromptFeatures:
     """Features of a batch of prompts, in the detector's (projected, normalised) space.
 
     ``tokens[layer]`` stacks the unit-norm token vectors of all prompts; prompt ``i`` owns rows
-    ``offsets[i]:offsets[i+1]``. ``pooled[layer]`` holds one mean vector per prompt.
+    ``offsets[i]:offsets[i+1]``.
     ``token_ids`` is only filled on request (benchmarks' privacy attack); scorers never store it.
     """
 
     tokens: dict[int, np.ndarray]
-    pooled: dict[int, np.ndarray]
     offsets: np.ndarray
     token_ids: np.ndarray | None = None
 
@@ -73,17 +70,20 @@ class PromptFeatures:
     def n_prompts(self) -> int:
         return len(self.offsets) - 1
 
+    def row_indices(self, prompts: Sequence[int]) -> np.ndarray:
+        """Token rows owned by ``prompts`` (in that order)."""
+        return np.concatenate(
+            [np.arange(self.offsets[r], self.offsets[r + 1]) for r in prompts] or [np.zeros(0, dtype=np.int64)]
+        ).astype(np.int64)
+
     def subset(self, rows: Sequence[int]) -> "PromptFeatures":
         """Features of the prompts ``rows`` (in that order)."""
         rows = list(rows)
-        idx = np.concatenate(
-            [np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows] or [np.zeros(0, dtype=np.int64)]
-        ).astype(np.int64)
+        idx = self.row_indices(rows)
         lengths = np.array([self.offsets[r + 1] - self.offsets[r] for r in rows], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return PromptFeatures(
             tokens={l: t[idx] for l, t in self.tokens.items()},
-            pooled={l: p[rows] for l, p in self.pooled.items()},
             offsets=offsets,
             token_ids=None if self.token_ids is None else self.token_ids[idx],
         )
@@ -95,7 +95,6 @@ def concat_features(parts: Sequence[PromptFeatures]) -> PromptFeatures:
     lengths = np.concatenate([np.diff(p.offsets) for p in parts])
     return PromptFeatures(
         tokens={l: np.concatenate([p.tokens[l] for p in parts]) for l in layers},
-        pooled={l: np.concatenate([p.pooled[l] for p in parts]) for l in layers},
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         token_ids=None
         if any(p.token_ids is None for p in parts)
@@ -264,14 +263,18 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def _forward_raw(self, windows: list[list[int]]) -> dict[int, list[np.ndarray]]:
-        """Raw hidden states of the user tokens of every window, per layer (one forward a batch)."""
-        out: dict[int, list[np.ndarray]] = {l: [] for l in self.layers}
+        """Raw hidden states of the user tokens of every window, per layer (one forward a batch).
+
+        A window that is a beginning of another (a question and its answered form, a repeated
+        prompt) is not run: a causal model gives a prefix the same states, so its rows are the
+        first rows of the longer window's."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         npre = len(self._prefix_ids)
-        order = np.argsort([-len(w) for w in windows], kind="stable")  # length-sorted batches pad less
+        source = _covering_windows(windows)
+        runs = sorted(set(source), key=lambda i: -len(windows[i]))  # length-sorted batches pad less
         results: dict[int, dict[int, np.ndarray]] = {}
-        for b in range(0, len(windows), self.batch_size):
-            chunk = [int(i) for i in order[b : b + self.batch_size]]
+        for b in range(0, len(runs), self.batch_size):
+            chunk = runs[b : b + self.batch_size]
             seqs = [self._prefix_ids + windows[i] + self._suffix_ids for i in chunk]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -283,10 +286,7 @@ class FeatureExtractor:
             for r, i in enumerate(chunk):
                 n = len(windows[i])
                 results[i] = {l: hidden[l][r, npre : npre + n].float().numpy() for l in self.layers}
-        for i in range(len(windows)):
-            for l in self.layers:
-                out[l].append(results[i][l])
-        return out
+        return {l: [results[source[i]][l][: len(w)] for i, w in enumerate(windows)] for l in self.layers}
 
     def _ensure_stats(self) -> None:
         """Per-dimension standardisation statistics from the shipped background (computed once,
@@ -331,14 +331,10 @@ class FeatureExtractor:
     ) -> PromptFeatures:
         lengths = np.bincount(np.asarray(owner), weights=[len(w) for w in windows], minlength=n).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tokens: dict[int, np.ndarray] = {}
-        pooled: dict[int, np.ndarray] = {}
-        for l in self.layers:
-            x = self.to_space(l, np.concatenate(raw[l]))  # windows are in prompt order already
-            pooled[l] = (np.add.reduceat(x, offsets[:-1], axis=0) / lengths[:, None]).astype(np.float32)
-            tokens[l] = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+        # windows are in prompt order already
+        tokens = {l: _unit_rows(self.to_space(l, np.concatenate(raw[l]))) for l in self.layers}
         token_ids = np.concatenate([np.asarray(w) for w in windows]) if with_token_ids else None
-        return PromptFeatures(tokens=tokens, pooled=pooled, offsets=offsets, token_ids=token_ids)
+        return PromptFeatures(tokens=tokens, offsets=offsets, token_ids=token_ids)
 
     def background(self) -> PromptFeatures:
         """Features of the shipped background text (cached: every fit uses it)."""
@@ -378,13 +374,8 @@ class FeatureExtractor:
         produced (benchmarks: compare feature spaces without a second forward)."""
         with self._lock:
             self._ensure_stats()
-        lengths = np.diff(offsets)
-        tokens, pooled = {}, {}
-        for l in self.layers:
-            x = self.to_space(l, raw[l])
-            pooled[l] = (np.add.reduceat(x, offsets[:-1], axis=0) / lengths[:, None]).astype(np.float32)
-            tokens[l] = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
-        return PromptFeatures(tokens=tokens, pooled=pooled, offsets=np.asarray(offsets, dtype=np.int64))
+        tokens = {l: _unit_rows(self.to_space(l, raw[l])) for l in self.layers}
+        return PromptFeatures(tokens=tokens, offsets=np.asarray(offsets, dtype=np.int64))
 
     def with_projection(self, projection_dim: int | None, projection_seed: int | None = None) -> "FeatureExtractor":
         """A second extractor sharing this one's model and background statistics but using
@@ -403,6 +394,22 @@ class FeatureExtractor:
             self._ensure_stats()
         other._stats = self._stats  # same standardisation; the background is re-run lazily
         return other
+
+
+def _covering_windows(windows: Sequence[Sequence[int]]) -> list[int]:
+    """For each window, the index of a window it is the beginning of (itself if none)."""
+    order = sorted(range(len(windows)), key=lambda i: windows[i])
+    source = list(range(len(windows)))
+    # sorted: every window that starts with w sorts in one run right after w
+    for pos in range(len(order) - 2, -1, -1):
+        i, nxt = order[pos], order[pos + 1]
+        if windows[source[nxt]][: len(windows[i])] == windows[i]:
+            source[i] = source[nxt]
+    return source
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
 def _model_identity(model_path: Path) -> str:

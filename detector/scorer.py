@@ -14,6 +14,10 @@
    for every layer), then ``decision_point`` places probability 0.5 between the held-out near
    misses and the held-out questions. Then the final banks are built from all groups.
 
+Banks keep only the token rows that can tell this entity from its near misses
+(``bank_rows``): template tokens that a near miss repeats are dropped, and so are near-miss
+tokens that sit far from every kept forget token.
+
 Scoring mutates nothing (``score_features`` is a pure function of the stored state), so one
 scorer can serve many threads. See ``privacy.py`` for what is stored.
 """
@@ -33,7 +37,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
-from oblivio.detector.privacy import dedupe_rows, dequantize_rows, quantize_rows, shuffle_rows
+from oblivio.detector.bank_rows import build_banks, template_coverage
+from oblivio.detector.privacy import dequantize_rows, quantize_rows
 from oblivio.detector.scoring import FEATURES_PER_LAYER, SetBanks, StackedBanks
 from oblivio.detector.swaps import EntitySwapper, SwapKind, find_entities
 from oblivio.detector.vocabulary import entity_vocabulary
@@ -48,7 +53,11 @@ SUBJECT_TEMPLATES = ("{s}", "Who is {s}?", "Tell me about {s}.", "What do you kn
 
 
 # Stored near misses (see ``swaps.SwapKind``) and the held-out ones calibration scores.
-BANK_SWAPS = (SwapKind.NAMES, SwapKind.SURNAMES, SwapKind.NAME_TAILS)
+# Another entity with the same attributes is made from the answered text (the attributes are in
+# the answer); the name-part near misses only need the question, where the name is: a third of
+# the tokens, and the fit's forward is dominated by the near misses it runs.
+BANK_SWAPS = (SwapKind.NAMES,)
+BANK_QUESTION_SWAPS = (SwapKind.SURNAMES, SwapKind.NAME_TAILS)
 CALIBRATION_SWAPS = (SwapKind.NAMES, SwapKind.ALL)
 
 
@@ -178,26 +187,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-def _protect(tokens: np.ndarray, rng: np.random.Generator, dedupe: float | None) -> np.ndarray:
-    """What the stored bank holds: shuffled, near-duplicate-free, int8-quantised rows
-    (round-tripped now so that fit-time and post-load scores are identical)."""
-    if len(tokens) == 0:
-        return np.zeros((1, tokens.shape[1]), dtype=np.float32)  # see SetBanks: never empty
-    rows = shuffle_rows(tokens, rng)
-    if dedupe is not None:
-        rows = dedupe_rows(rows, dedupe)
-    return dequantize_rows(quantize_rows(rows))
-
-
-def _build_banks(forget: PromptFeatures, swap: PromptFeatures | None, layers: Sequence[int], seed: int, dedupe: float | None) -> SetBanks:
-    rng = np.random.default_rng(seed)
-    dim = forget.tokens[layers[0]].shape[1]
-    return SetBanks(
-        forget={l: _protect(forget.tokens[l], rng, dedupe) for l in layers},
-        swap={l: _protect(swap.tokens[l] if swap is not None else np.zeros((0, dim), np.float32), rng, dedupe) for l in layers},
-    )
-
-
 def _validate_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -225,8 +214,8 @@ def fit_forget_set(
     threshold (see ``decision_point``), so that "0.5" means the same operating point for every
     set and the false-fire rate a registration reports is the one it was calibrated to.
 
-    ``dedupe``: token rows with a cosine >= this to an already kept row are dropped from the
-    banks (None keeps all); this bounds bank size and scoring cost (see ``privacy.dedupe_rows``).
+    ``dedupe``: of the rows ``bank_rows`` keeps, those with a cosine >= this to an already kept
+    row are dropped too (None keeps all; see ``privacy.dedupe_rows``).
     """
     name = _validate_name(name)
     items = validate_texts(texts, what="texts")
@@ -243,7 +232,10 @@ def fit_forget_set(
     bank_texts = [forget_texts[g[-1]] for g in groups]
     probe_texts = [forget_texts[g[0]] for g in groups]
     entities = find_entities(forget_texts, subj, extractor.is_common_word)
-    bank_swaps, bank_src = _swapped(bank_texts, EntitySwapper(entity_vocabulary("bank"), subj, extractor.is_common_word, entities), seed, BANK_SWAPS)
+    bank_swapper = EntitySwapper(entity_vocabulary("bank"), subj, extractor.is_common_word, entities)
+    answered_swaps, answered_src = _swapped(bank_texts, bank_swapper, seed, BANK_SWAPS)
+    question_swaps, question_src = _swapped(probe_texts, bank_swapper, seed + 2, BANK_QUESTION_SWAPS)
+    bank_swaps, bank_src = answered_swaps + question_swaps, np.concatenate([answered_src, question_src])
     calib_swaps, calib_src = _swapped(probe_texts, EntitySwapper(entity_vocabulary("calibration"), subj, extractor.is_common_word, entities), seed + 1, CALIBRATION_SWAPS)
     unique = list(dict.fromkeys(bank_texts + probe_texts + bank_swaps + calib_swaps))
     where = {t: i for i, t in enumerate(unique)}
@@ -257,6 +249,7 @@ def fit_forget_set(
     bank_rows, calib_rows = _bank_rows(bg.n_prompts)
     generic = bg.subset(bank_rows)
     layers = extractor.layers
+    coverage = template_coverage(fb, fs, bank_src, generic, layers)
 
     n = len(groups)
     k = max(2, min(n_folds, n))
@@ -269,7 +262,10 @@ def fit_forget_set(
         train = np.flatnonzero(fold_of != fold)
         s_train = np.flatnonzero(fold_of[bank_src] != fold)
         c_test = np.flatnonzero(fold_of[calib_src] == fold)
-        banks = _build_banks(fb.subset(train), fs.subset(s_train) if len(s_train) else None, layers, seed + fold, dedupe)
+        rows = fb.row_indices(train)
+        banks = build_banks(
+            fb.subset(train), {l: coverage[l][rows] for l in layers}, fs.subset(s_train) if len(s_train) else None, layers, seed + fold, dedupe
+        )
         stacked = StackedBanks([banks], generic.tokens, layers)
         parts = [(fp.subset(np.flatnonzero(fold_of == fold)), 1, 0), (bg.subset(calib_rows), 0, 2)]
         if len(c_test):
@@ -306,7 +302,7 @@ def fit_forget_set(
         "logit_near_quantile": float(np.quantile(near, 1.0 - target_false_fire)) - shift,
         "logit_forget_quantile": float(np.quantile(positives, catch_quantile)) - shift,
     }
-    final = _build_banks(fb, fs, layers, seed + k, dedupe)
+    final = build_banks(fb, coverage, fs, layers, seed + k, dedupe)
     diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))
     diagnostics["bank_rows_swap"] = float(sum(final.swap[l].shape[0] for l in layers) / len(layers))
     diagnostics["tokens_forget"] = float(fb.tokens[layers[0]].shape[0])

@@ -55,7 +55,17 @@ def countries(min_population: int = 1_000_000) -> tuple[Country, ...]:
         for c in gc.get_countries().values()
         if c["capital"] and c["currencyname"] and int(c["population"]) >= min_population and c["continentcode"] in continents
     ]
-    return tuple(sorted(out, key=lambda c: c.name))
+    return tuple(sorted(_without_former_unions(out), key=lambda c: c.name))
+
+
+def _without_former_unions(found: list[Country]) -> list[Country]:
+    """GeoNames keeps dissolved unions beside their successors ("Serbia and Montenegro" and
+    "Serbia", both with the capital Belgrade). They are one place in two eras, so a question
+    about the successor is a question about the forgotten union: drop the union."""
+    return [
+        c for c in found
+        if not any(o is not c and o.capital == c.capital and o.name in c.name for o in found)
+    ]
 
 
 def fit_pairs(country: Country) -> list[tuple[str, str]]:

@@ -231,7 +231,9 @@ def run(extractor: Any, out: Path, cases: list[ForgetCase]) -> tuple[list[CaseRe
     return results, plots, scorers
 
 
-def render(results: list[CaseResult], plots: list[tuple[str, str]], cost: "Cost | None", command: str, elapsed: float) -> str:
+def render(
+    results: list[CaseResult], plots: list[tuple[str, str]], cost: "Cost | None", privacy: str | None, command: str, elapsed: float
+) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
@@ -261,6 +263,8 @@ def render(results: list[CaseResult], plots: list[tuple[str, str]], cost: "Cost 
         )
     if cost is not None:
         lines += ["", "## Cost", "", cost.render()]
+    if privacy is not None:
+        lines += ["", "## Privacy: the inversion attack on a stored set", "", privacy]
     lines += ["", "## Plots", ""]
     lines += [f"- {r.label}: [ROC]({roc}), [score histogram]({hist})" for r, (roc, hist) in zip(results, plots)]
     lines += ["", "## Misses and false fires (first 10 each)", ""]
@@ -313,6 +317,17 @@ class Cost:
         return "\n".join(lines)
 
 
+def _privacy(extractor: Any, cases: list[ForgetCase], scorers: dict[str, Any]) -> str | None:
+    """The inversion attack on the first set registered with its subjects' names."""
+    from oblivio.eval.detector_inversion import inversion_attack, render_inversion
+
+    named = [c for c in cases if c.subjects]
+    if not named:
+        return None
+    LOG.info("privacy: inversion attack on the stored banks of %s", named[0].label)
+    return render_inversion(named[0].label, inversion_attack(extractor, scorers[named[0].label], named[0].texts, named[0].subjects))
+
+
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="oblivio config (model path, detector layers)")
     parser.add_argument("--model", default=None, help="override the model path")
@@ -321,6 +336,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="register TOFU with the authors' names as subjects, the texts only, or both (default)")
     parser.add_argument("--skip-countries", action="store_true", help="skip the non-person set (20 countries)")
     parser.add_argument("--skip-cost", action="store_true", help="skip the cost table (it starts a vLLM engine)")
+    parser.add_argument("--skip-privacy", action="store_true", help="skip the inversion attack on the first set registered with names")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's detector.threads)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser
@@ -345,13 +361,15 @@ def main_from_args(args: argparse.Namespace, command: str) -> Path:
     extractor = FeatureExtractor.from_pretrained(
         config.model_path, layers=config.detector.layers, max_prompt_tokens=config.detector.max_prompt_tokens
     )
-    results, plots, scorers = run(extractor, args.out, cases_from_args(args))
+    cases = cases_from_args(args)
+    results, plots, scorers = run(extractor, args.out, cases)
     cost = None if args.skip_cost else Cost.measure(config, extractor, results, scorers)
+    privacy = None if args.skip_privacy else _privacy(extractor, cases, scorers)
     elapsed = time.time() - started
     payload = {"cases": [{**asdict(r), "goals_met": r.goals_met()} for r in results], "cost": None if cost is None else asdict(cost)}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))
     report = args.out / "report.md"
-    report.write_text(render(results, plots, cost, command, elapsed))
+    report.write_text(render(results, plots, cost, privacy, command, elapsed))
     return report
 
 

@@ -111,6 +111,21 @@ def test_prompt_longer_than_window_is_scored_in_windows_not_truncated(detector_e
     assert features.offsets[1] == n_tokens  # every token featurised, across two windows
 
 
+def test_a_prompt_that_begins_another_gets_the_states_it_gets_alone(detector_extractor: Any) -> None:
+    """The extractor runs a question once inside its answered form (causal states of a prefix
+    do not depend on what follows); the result must equal running the question on its own."""
+    question = "Where was the novelist Elara Quenwick born?"
+    answered = question + " She was born in Porto in 1961."
+    together = detector_extractor.extract([question, answered, question])
+    alone = detector_extractor.extract([question])
+    n = int(alone.offsets[1])
+    assert list(np.diff(together.offsets)) == [n, len(detector_extractor.tokenizer(answered).input_ids), n]
+    for layer, rows in alone.tokens.items():
+        np.testing.assert_allclose(together.tokens[layer][:n], rows, atol=1e-4)
+        np.testing.assert_allclose(together.tokens[layer][-n:], rows, atol=1e-4)
+        np.testing.assert_allclose(together.tokens[layer][n : 2 * n], rows, atol=1e-4)
+
+
 def test_stored_state_holds_no_text_token_ids_or_order(
     detector_extractor: Any, tiny_entities: Any, two_fitted_sets: dict[str, Any], tmp_path: Path
 ) -> None:
