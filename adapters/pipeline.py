@@ -57,6 +57,7 @@ from oblivio.adapters.child_process import run_child
 from oblivio.adapters.detector_fit import extractor_settings
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.limits import RegistrationLimits
+from oblivio.adapters.precision import PRECISION_FIELD, TRAINING_DTYPE
 from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State, UnknownForgetSetError
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
@@ -813,7 +814,8 @@ class RegistrationPipeline:
         report = self.registry.job(job_id).report
         published = await asyncio.to_thread(
             self.store.publish, name, "adapter", out_dir,
-            {"set": name, "job_id": job_id, "method": record.method, "overlap": report.get("overlap", {})},
+            {"set": name, "job_id": job_id, "method": record.method, "overlap": report.get("overlap", {}),
+             PRECISION_FIELD: report.get(PRECISION_FIELD, TRAINING_DTYPE)},
         )
         await asyncio.to_thread(self.store.prune, name, "adapter", 2)
         self.registry.update_set(name, adapter_version=published.version)

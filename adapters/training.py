@@ -33,6 +33,7 @@ from oblivio.adapters.losses import (
     sequence_logprobs,
 )
 from oblivio.adapters.orthogonality import live_lora_a, load_lora_a, orthogonalise_init, overlaps
+from oblivio.adapters.precision import TRAINING_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class TrainingReport:
     seconds: float
     resumed_from_step: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    training_dtype: str = TRAINING_DTYPE  # published as the adapter's precision (adapters/precision.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -265,7 +267,7 @@ def train_unlearning_lora(
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, TRAINING_DTYPE))
     base.config.use_cache = False
     lora = LoraConfig(
         r=settings.rank,

@@ -89,7 +89,11 @@ class EngineConfig(_Section):
         le=0.95,
         description="vLLM gpu_memory_utilization; on CPU it is the share of host memory reserved.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="serving precision; auto = the precision adapters are trained in (float32), never vLLM's "
+                    "own pick, which downcasts fp32 to bfloat16 (oblivio.adapters.precision)",
+    )
     max_num_seqs: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")

@@ -84,15 +84,17 @@ VLLM_MEMORY_SHARE = 0.05
 async def vllm_backend(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator:
     """ONE vLLM engine for the whole session (about a minute to start on CPU), no adapters.
 
-    float32 so its numbers are comparable with the reference backend; two LoRA slots per batch,
-    rank up to 32 (two stacked rank-8 adapters fit), a small share of host memory.
+    The default ``engine.dtype`` (not a pinned one), so every comparison with the reference
+    backend checks the precision ``oblivio serve`` really serves in (issue 15: "auto" once let
+    vLLM pick bfloat16); two LoRA slots per batch, rank up to 32 (two stacked rank-8 adapters
+    fit), a small share of host memory.
     """
     from oblivio.gateway.backends.vllm_backend import VLLMBackend
     from oblivio.gateway.config import EngineConfig
 
     engine = EngineConfig(
         backend="vllm", max_loras=2, max_cpu_loras=8, max_lora_rank=32,
-        memory_share=VLLM_MEMORY_SHARE, dtype="float32", max_num_seqs=16,
+        memory_share=VLLM_MEMORY_SHARE, max_num_seqs=16,
     )
     backend = VLLMBackend(model_path, engine, SCALE_GRID, tmp_path_factory.mktemp("vllm_work"), max_model_len=2048)
     await backend.start()

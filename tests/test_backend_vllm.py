@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 
 import pytest
 
+from oblivio.adapters.precision import PRECISION_FIELD, AdapterPrecisionError
 from oblivio.gateway.backends.base import (
     AdapterApplication,
     AdapterNotFoundError,
@@ -99,6 +102,10 @@ def test_engine_args_come_from_engine_config(tmp_path):
 
     if current_platform.is_cpu():  # the share sizes the KV cache explicitly (see cpu_kv_cache_bytes)
         assert args.kv_cache_memory_bytes == cpu_kv_cache_bytes(0.3) > 0
+    # "auto" is resolved to the training precision before vLLM sees it (issue 15); explicit is kept.
+    assert args.dtype == "float32"
+    pinned = load_config(overrides={"engine.dtype": "bfloat16"}, environ=env)
+    assert build_backend(pinned).engine_args().dtype == "bfloat16"
 
 
 
@@ -128,6 +135,46 @@ async def test_engine_is_healthy_and_serves_the_base_model(both, chat_prompt):
     assert got[-1].finish_reason == "stop" and got[-1].completion_tokens == len(tokens(got))
     assert got[-1].prompt_tokens == len(ids)
     assert_same_distribution(got, await collect(reference, ids, sampling))
+
+
+# Everyday prompts whose short greedy answers the default config must serve exactly as the
+# reference backend (fp32 transformers) does.
+DEFAULT_CONFIG_PROMPTS = (
+    QUESTION,
+    "Name three primary colors.",
+    "What is 12 times 7?",
+    "Write one sentence about the ocean.",
+    "Who wrote Romeo and Juliet?",
+)
+
+
+@pytest.mark.slow
+async def test_default_config_answers_as_the_reference_does(vllm_backend, reference_backend, chat_prompt, tmp_path):
+    """Issue 15: with the shipped defaults (backend vllm, engine.dtype "auto") vLLM served this
+    fp32 checkpoint in bfloat16 on AVX512-BF16 CPUs and answered the capital of France with
+    "L'Etoile, la Marseillaise...". The shared engine is built with the default dtype, and the
+    default config's backend starts vLLM with exactly its dtype, so this engine answers as
+    ``oblivio serve`` does: same greedy tokens as the reference, logprobs within tolerance."""
+    config = load_config(environ={"OBLIVIO_HOME": str(tmp_path)})
+    assert config.engine.backend == "vllm"
+    assert vllm_backend.engine_config.dtype == config.engine.dtype
+    assert build_backend(config).engine_args().dtype == vllm_backend.engine_args().dtype
+    sampling = SamplingSettings(max_tokens=16, logprobs=3)
+    for prompt in DEFAULT_CONFIG_PROMPTS:
+        ids = chat_prompt(prompt)
+        got, want = await collect(vllm_backend, ids, sampling), await collect(reference_backend, ids, sampling)
+        assert "".join(c.text for c in got) == "".join(c.text for c in want), prompt
+        assert_same_distribution(got, want)
+
+
+@pytest.mark.slow
+async def test_an_adapter_trained_in_another_precision_is_refused(vllm_backend, lora_adapters, tmp_path):
+    folder = tmp_path / "bf16"
+    shutil.copytree(lora_adapters["alpha"], folder)
+    (folder / "metadata.json").write_text(json.dumps({PRECISION_FIELD: "bfloat16"}))
+    with pytest.raises(AdapterPrecisionError, match="trained in bfloat16 but this server serves in float32"):
+        await vllm_backend.add_adapter("bf16", folder)
+    assert "bf16" not in vllm_backend.list_adapters()
 
 
 @pytest.mark.slow

@@ -63,6 +63,8 @@ async def test_register_runs_every_state_to_live(pipeline, reference_backend, re
 
     final = pipeline.get("france")
     assert final.adapter_version == 1 and final.detector_version == 1
+    metadata = json.loads((pipeline.store.current("france", "adapter") / "metadata.json").read_text())
+    assert metadata["training_dtype"] == "float32"  # the precision it is served in (issue 15)
     assert not final.data_retained and not (pipeline.jobs_dir / final.job_id / "examples.jsonl").exists()
     assert "france" in reference_backend.list_adapters()
     assert "france" in registration_detector_bank.names()

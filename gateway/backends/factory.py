@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from oblivio.adapters.precision import resolve_serving_dtype
 from oblivio.gateway.backends.base import GenerationBackend
 from oblivio.gateway.config import OblivioConfig
 
 
 def build_backend(config: OblivioConfig) -> GenerationBackend:
-    """The backend ``config.engine.backend`` names, not yet started (call ``await .start()``).
+    """The backend ``config.engine.backend`` names, not yet started (call ``await .start()``),
+    serving in the precision ``config.engine.dtype`` resolves to (both backends alike).
 
     Imports are deferred so a server on the reference backend never imports vLLM.
     """
     kind = config.engine.backend
     if kind == "reference":
+        import torch
+
         from oblivio.gateway.backends.reference import ReferenceBackend
 
-        return ReferenceBackend(config.model_path, max_model_len=config.model.max_model_len)
+        dtype = getattr(torch, resolve_serving_dtype(config.engine.dtype))
+        return ReferenceBackend(config.model_path, max_model_len=config.model.max_model_len, dtype=dtype)
     if kind == "vllm":
         from oblivio.gateway.backends.vllm_backend import VLLMBackend
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from oblivio.adapters.precision import announce_serving_dtype, check_adapter_precision
 from oblivio.gateway.backends.base import (
     AdapterApplication,
     AdapterNotFoundError,
@@ -99,8 +100,14 @@ class ReferenceBackend:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def serving_dtype(self) -> str:
+        """The precision this backend serves in, by name ("float32"), as adapters record it."""
+        return str(self.dtype).removeprefix("torch.")
+
     async def start(self) -> None:
         if self._model is None:
+            announce_serving_dtype("reference", self.serving_dtype, log)
             await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
@@ -140,11 +147,14 @@ class ReferenceBackend:
         return sorted(self._adapters)
 
     async def add_adapter(self, name: str, path: Path) -> None:
-        """Load ``path`` under ``name``; an existing ``name`` is replaced (a new version)."""
+        """Load ``path`` under ``name``; an existing ``name`` is replaced (a new version). An
+        adapter trained in another precision than this backend serves in is refused
+        (``AdapterPrecisionError``)."""
         self._require_started()
         if not name:
             raise ValueError("adapter name must be non-empty")
         path = check_adapter_folder(path)
+        check_adapter_precision(name, path, self.serving_dtype)
         async with self._lock:
             await asyncio.to_thread(self._load_adapter, name, path)
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oblivio.adapters.precision import announce_serving_dtype, check_adapter_precision, resolve_serving_dtype
 from oblivio.adapters.variants import (
     AdapterFormatError,
     build_null,
@@ -170,6 +171,8 @@ class VLLMBackend:
             raise ValueError(f"scale_grid must hold one or more finite scales > 0, got {scale_grid!r}")
         self.model_path = Path(model_path)
         self.engine_config = engine
+        # Resolved here, not by vLLM: its "auto" downcasts fp32 (see oblivio.adapters.precision).
+        self.serving_dtype = resolve_serving_dtype(engine.dtype)
         self.scale_grid = tuple(sorted(float(s) for s in scale_grid))
         self.work_dir = Path(work_dir)
         self.max_model_len = max_model_len
@@ -201,7 +204,7 @@ class VLLMBackend:
             max_cpu_loras=cfg.max_cpu_loras + (1 if current_platform.is_cpu() else 0),
             max_lora_rank=cfg.max_lora_rank,
             gpu_memory_utilization=cfg.memory_share,
-            dtype=cfg.dtype,
+            dtype=self.serving_dtype,
             max_num_seqs=cfg.max_num_seqs,
             max_model_len=self.max_model_len,
             # On CPU, torch.compile costs minutes at start for little gain on small models.
@@ -228,6 +231,7 @@ class VLLMBackend:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._variant_dir = Path(tempfile.mkdtemp(prefix="variants-", dir=self.work_dir))
         args = self.engine_args()
+        announce_serving_dtype("vLLM", self.serving_dtype, log)
         try:
             with _engine_core_dying_with(os.getpid()):
                 self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -286,7 +290,8 @@ class VLLMBackend:
         """Register ``path`` under ``name``; an existing ``name`` is replaced by the new version.
 
         The adapter is loaded into the engine at once (at the grid's largest scale), so an
-        adapter vLLM cannot serve fails here, at registration, not in a user's request.
+        adapter vLLM cannot serve fails here, at registration, not in a user's request. So does
+        one trained in another precision than the engine serves in (``AdapterPrecisionError``).
         """
         self._require_engine()
         if not name:
@@ -296,6 +301,7 @@ class VLLMBackend:
             rank = max_rank(read_config(path))
         except AdapterFormatError as exc:
             raise ValueError(str(exc)) from exc
+        check_adapter_precision(name, path, self.serving_dtype)
         if rank > self.engine_config.max_lora_rank:
             raise ValueError(
                 f"adapter {name!r} has rank {rank}, above engine max_lora_rank "
