@@ -12,11 +12,12 @@ entity (names, and the facts said about it) differ. So:
   cannot be the background maximum for a prompt token that sits near the forget bank, which is
   the only case where the background changes a decision.
 
-Measured on TOFU forget10 + names (``oblivio eval detector``): the forget bank shrinks from
-16.4k to ~0.6k rows per layer and the near-miss bank from 30k to ~5k, which cuts scoring 20
-such sets from 382 to ~110 ms, and the fit by the greedy de-duplication it no longer runs over
-tens of thousands of rows; catch rate, false fire and AUROC are in the report. Storing less is
-also less to protect (``privacy``).
+Measured on TOFU forget10 + names (``oblivio eval detector``, 2-core CPU shared with other jobs):
+the forget bank shrinks from 16.4k to ~1.5k rows per layer and the near-miss bank from 30k to
+~14k; scoring one prompt against 20 such sets went from 414 to 191 ms, and the fit no longer
+runs its greedy de-duplication over tens of thousands of rows; catch rate and false fire held
+(95.2%, 0.0% / 0.0%) and near AUROC rose from 0.9896 to 0.9926. Storing less is also less to
+protect (``privacy``).
 """
 
 from __future__ import annotations

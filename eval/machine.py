@@ -19,6 +19,9 @@ def _accelerator() -> str:
 
 
 def describe_machine() -> str:
+    """Also the 15-minute load average: above the core count, other jobs shared the machine and
+    every timing in the report is inflated."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, "
-            f"{_accelerator()}, {platform.system()} {platform.release()}, Python {platform.python_version()}")
+            f"{_accelerator()}, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[2]:.1f} over the last 15 min")
