@@ -62,8 +62,9 @@ async def test_chat_is_answered_promptly_while_a_large_set_fits(fit_gateway) -> 
             assert fit.is_running() and info.state == pb.REGISTRATION_STATE_FITTING_DETECTOR, "the fit ended too soon"
             print(f"chat latency (s): before the fit {[round(t, 2) for t in baseline]}, during it "
                   f"{[round(t, 2) for t in during]}; fit process RSS {fit.memory_info().rss / 2**20:.0f} MiB")
-            # In the server the fit held the extractor's lock: chat waited for the whole fit (20+ s).
-            assert max(during) < max(5.0, 4 * max(baseline)), (baseline, during)
+            # In the server the fit held the extractor's lock: a chat waited for the whole fit (36 s
+            # here); the slack is for a contended CI machine.
+            assert max(during) < max(10.0, 4 * max(baseline)), (baseline, during)
         finally:
             await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name="tofu-fit"), timeout=60)
 
