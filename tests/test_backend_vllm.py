@@ -106,6 +106,10 @@ def test_engine_args_come_from_engine_config(tmp_path):
     assert args.dtype == "float32"
     pinned = load_config(overrides={"engine.dtype": "bfloat16"}, environ=env)
     assert build_backend(pinned).engine_args().dtype == "bfloat16"
+    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+
+    overridden = VLLMBackend(tmp_path, config.engine, (1.0,), tmp_path, engine_overrides={"dtype": "auto"})
+    assert overridden.serving_dtype == overridden.engine_args().dtype == "float32"
 
 
 

@@ -171,12 +171,13 @@ class VLLMBackend:
             raise ValueError(f"scale_grid must hold one or more finite scales > 0, got {scale_grid!r}")
         self.model_path = Path(model_path)
         self.engine_config = engine
-        # Resolved here, not by vLLM: its "auto" downcasts fp32 (see oblivio.adapters.precision).
-        self.serving_dtype = resolve_serving_dtype(engine.dtype)
         self.scale_grid = tuple(sorted(float(s) for s in scale_grid))
         self.work_dir = Path(work_dir)
         self.max_model_len = max_model_len
         self.engine_overrides = dict(engine_overrides or {})
+        # Resolved here, never by vLLM, whose "auto" downcasts fp32 (see oblivio.adapters.precision);
+        # an override's dtype too, so adapters are always checked against what the engine runs.
+        self.serving_dtype = resolve_serving_dtype(self.engine_overrides.get("dtype", engine.dtype))
         self._engine: Any = None
         self._variant_dir: Path | None = None
         self._adapters: dict[str, _Adapter] = {}
@@ -192,7 +193,8 @@ class VLLMBackend:
     # ------------------------------------------------------------------ lifecycle
 
     def engine_args(self) -> Any:
-        """The ``AsyncEngineArgs`` this backend starts vLLM with (EngineConfig + overrides)."""
+        """The ``AsyncEngineArgs`` this backend starts vLLM with (EngineConfig + overrides), in
+        :attr:`serving_dtype` whatever the overrides say."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
 
@@ -204,7 +206,6 @@ class VLLMBackend:
             max_cpu_loras=cfg.max_cpu_loras + (1 if current_platform.is_cpu() else 0),
             max_lora_rank=cfg.max_lora_rank,
             gpu_memory_utilization=cfg.memory_share,
-            dtype=self.serving_dtype,
             max_num_seqs=cfg.max_num_seqs,
             max_model_len=self.max_model_len,
             # On CPU, torch.compile costs minutes at start for little gain on small models.
@@ -213,7 +214,7 @@ class VLLMBackend:
         )
         if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(cfg.memory_share)
-        args.update(self.engine_overrides)
+        args.update(self.engine_overrides, dtype=self.serving_dtype)
         return AsyncEngineArgs(**args)
 
     async def start(self) -> None:
