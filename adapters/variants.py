@@ -226,28 +226,6 @@ def build_stacked(parts: Sequence[tuple[Path, float]], dest: Path, *, max_lora_r
     return _write_adapter(tensors, config, dest)
 
 
-def build_null(template: Path, dest: Path) -> Path:
-    """Write ``dest``: an adapter whose delta is exactly zero (rank 1, one module of
-    ``template``, all weights 0), independent of ``template`` once written.
-
-    Why: an engine that must give every request a LoRA slot (see VLLMBackend on CPU) serves
-    "no adapter" as this adapter.
-    """
-    import torch
-
-    config = read_config(Path(template))
-    module, pair = next(iter(sorted(_load_pairs(Path(template)).items())))
-    out_features, in_features = pair["B"].shape[0], pair["A"].shape[1]
-    tensors = {
-        f"{module}.lora_A.weight": torch.zeros(1, in_features, dtype=pair["A"].dtype),
-        f"{module}.lora_B.weight": torch.zeros(out_features, 1, dtype=pair["B"].dtype),
-    }
-    config.update(r=1, lora_alpha=1, use_rslora=False, rank_pattern={}, alpha_pattern={},
-                  target_modules=[_runtime_module_name(module).rsplit(".", 1)[-1]],
-                  layers_to_transform=None, layers_pattern=None)
-    return _write_adapter(tensors, config, Path(dest))
-
-
 def _write_adapter(tensors: dict[str, Any], config: dict[str, Any], dest: Path) -> Path:
     """Save weights and config into a fresh folder and publish it at ``dest`` atomically."""
     from safetensors.torch import save_file

@@ -26,6 +26,10 @@ from oblivio.adapters.limits import (
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 ENV_PREFIX = "OBLIVIO_"
+# Set by the vLLM backend for the engine processes it starts (``backends.vllm_cpu_lora``); it
+# carries a switch between processes, not configuration, so config loading skips it.
+VLLM_CPU_LORA_ENV = "OBLIVIO_VLLM_CPU_LORA"
+_NOT_CONFIG_ENV = frozenset({"OBLIVIO_CONFIG", VLLM_CPU_LORA_ENV})
 # Shortest accepted admin token / chat API key, inline or from a file: anything shorter can be
 # guessed online, and a short "token" is usually a placeholder someone forgot to replace.
 MIN_SECRET_CHARS = 16
@@ -304,7 +308,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "OBLIVIO_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in _NOT_CONFIG_ENV:
             continue
         dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
         _set_dotted(tree, dotted, _parse_env_value(value, as_list=_is_tuple_field(dotted)))

@@ -96,9 +96,8 @@ def test_engine_args_come_from_engine_config(tmp_path):
     args = build_backend(config).engine_args()
     from vllm.platforms import current_platform
 
-    null_slot = 1 if current_platform.is_cpu() else 0  # the null adapter's slot (module docstring)
-    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3 + null_slot
-    assert args.max_cpu_loras == config.engine.max_cpu_loras + null_slot and args.gpu_memory_utilization == 0.3
+    assert args.enable_lora and args.max_lora_rank == 16 and args.max_loras == 3
+    assert args.max_cpu_loras == config.engine.max_cpu_loras and args.gpu_memory_utilization == 0.3
 
     if current_platform.is_cpu():  # the share sizes the KV cache explicitly (see cpu_kv_cache_bytes)
         assert args.kv_cache_memory_bytes == cpu_kv_cache_bytes(0.3) > 0
@@ -332,7 +331,7 @@ async def test_variants_are_cached_lru_with_unique_ids(both, chat_prompt):
         # alpha@0.25 was used again after alpha@0.5, so alpha@0.5 (and older) went first.
         assert simple == [(("alpha", 0.25),), (("beta", 0.5),), (("alpha", 0.25), ("beta", 0.25))]
         assert len(set(ids_by_key.values())) == len(ids_by_key)  # unique, never reused
-        folders = {p.name for p in vllm._variant_dir.iterdir() if p.is_dir()} - {"null"}  # the CPU null adapter
+        folders = {p.name for p in vllm._variant_dir.iterdir() if p.is_dir()}
         assert folders == {f"lora-{v.lora_id}" for v in live}  # evicted variants' folders are gone
     finally:
         vllm.engine_config = original

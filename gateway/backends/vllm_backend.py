@@ -16,13 +16,11 @@ so the engine's caches can never confuse two variants. Adapters are added and re
 engine runs; removal retires a variant that requests still use and disposes of it when the last
 one finishes, so no in-flight request loses its adapter.
 
-On CPU, requests without an adapter run under an all-zero *null* adapter once any adapter was
-loaded. vLLM's CPU LoRA kernels (``vllm/lora/ops/torch_ops``) gather each token's slot weights
-with ``lora_b_weights[lora_indices]``, and a request without LoRA has slot index -1, which
-torch indexing turns into the LAST slot: a base-model request batched with adapter requests
-silently got whichever adapter sat in that slot (found by the continual evaluation: kept
-people's questions answered with the unlearning refusal while the gate applied nothing). The
-null adapter gives every request a real slot; the engine gets one extra slot for it.
+On CPU, vLLM's LoRA ops are replaced in the engine's processes (``vllm_cpu_lora``): vLLM's own
+gave a request without LoRA (slot -1) the LAST slot's adapter when it was batched with adapter
+requests (found by the continual evaluation: kept people's questions answered with the
+unlearning refusal while the gate applied nothing), and made every token pay for LoRA once any
+adapter was loaded. Base requests run with no LoRA request at all.
 
 The engine runs in vLLM's own EngineCore process (and, on GPUs with tensor parallelism, worker
 processes under it). Nothing in vLLM ends that process when the gateway dies without a clean
@@ -54,7 +52,6 @@ from typing import Any
 from oblivio.adapters.precision import announce_serving_dtype, check_adapter_precision, resolve_serving_dtype
 from oblivio.adapters.variants import (
     AdapterFormatError,
-    build_null,
     build_scaled,
     build_stacked,
     max_rank,
@@ -69,6 +66,7 @@ from oblivio.gateway.backends.base import (
     SamplingSettings,
     prepare_request,
 )
+from oblivio.gateway.backends import vllm_cpu_lora
 from oblivio.gateway.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -185,8 +183,6 @@ class VLLMBackend:
         self._lora_ids = itertools.count(1)
         # Live variants, least recently used first.
         self._variants: OrderedDict[VariantKey, _Variant] = OrderedDict()
-        # What base-model requests run under (see the module docstring); None = no LoRA at all.
-        self._null_lora: Any = None
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -202,8 +198,8 @@ class VLLMBackend:
         args: dict[str, Any] = dict(
             model=str(self.model_path),
             enable_lora=True,
-            max_loras=cfg.max_loras + (1 if current_platform.is_cpu() else 0),  # + the null adapter
-            max_cpu_loras=cfg.max_cpu_loras + (1 if current_platform.is_cpu() else 0),
+            max_loras=cfg.max_loras,
+            max_cpu_loras=cfg.max_cpu_loras,
             max_lora_rank=cfg.max_lora_rank,
             gpu_memory_utilization=cfg.memory_share,
             max_num_seqs=cfg.max_num_seqs,
@@ -223,6 +219,7 @@ class VLLMBackend:
             return
         if self._closed:
             raise BackendError("vLLM backend is closed")
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         # Workers are spawned, not forked: a fork would inherit this process's threads and its
@@ -233,6 +230,14 @@ class VLLMBackend:
         self._variant_dir = Path(tempfile.mkdtemp(prefix="variants-", dir=self.work_dir))
         args = self.engine_args()
         announce_serving_dtype("vLLM", self.serving_dtype, log)
+        if current_platform.is_cpu():
+            # The engine's worker processes install the fix through oblivio's vLLM plugin; the
+            # check here makes an untested vLLM fail at start, clearly, not in a worker.
+            try:
+                vllm_cpu_lora.install()
+            except vllm_cpu_lora.UnsupportedVLLMError as exc:
+                raise BackendError(str(exc)) from exc
+            os.environ[vllm_cpu_lora.ENABLE_ENV] = "1"
         try:
             with _engine_core_dying_with(os.getpid()):
                 self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -252,7 +257,6 @@ class VLLMBackend:
                     await handler
             await asyncio.to_thread(engine.shutdown)
         self._variants.clear()
-        self._null_lora = None
         if self._variant_dir is not None:
             shutil.rmtree(self._variant_dir, ignore_errors=True)
 
@@ -314,7 +318,6 @@ class VLLMBackend:
             key: VariantKey = ((name, adapter.version, self.scale_grid[-1]),)
             self._adapters[name] = adapter
             try:
-                await self._ensure_null_lora(path)
                 await self._create_variant(key)
             except Exception as exc:
                 if previous is None:
@@ -325,20 +328,6 @@ class VLLMBackend:
                 raise ValueError(f"vLLM cannot load adapter {name!r} from {path}: {exc}") from exc
             if previous is not None:
                 await self._retire(lambda v: name in v.names and v.key != key)
-
-    async def _ensure_null_lora(self, template: Path) -> None:
-        """On CPU, register the zero adapter base requests will use (lock held), once."""
-        from vllm.lora.request import LoRARequest
-        from vllm.platforms import current_platform
-
-        if self._null_lora is not None or not current_platform.is_cpu():
-            return
-        assert self._variant_dir is not None
-        folder = await asyncio.to_thread(build_null, template, self._variant_dir / "null")
-        lora_id = next(self._lora_ids)
-        null = LoRARequest(lora_name=f"null#{lora_id}", lora_int_id=lora_id, lora_path=str(folder))
-        await self._require_engine().add_lora(null)
-        self._null_lora = null
 
     async def remove_adapter(self, name: str) -> None:
         """Forget ``name``; its variants leave the engine once no request uses them."""
@@ -502,7 +491,7 @@ class VLLMBackend:
             TokensPrompt(prompt_token_ids=prompt),
             params,
             request_id=engine_request_id,
-            lora_request=variant.lora if variant is not None else self._null_lora,
+            lora_request=variant.lora if variant is not None else None,
         )
         try:
             async for output in outputs:
