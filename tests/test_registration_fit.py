@@ -92,3 +92,20 @@ async def test_delete_during_the_fit_kills_it_and_deletes_the_set(fit_gateway) -
         assert not (pipeline.jobs_dir / job_id).exists()
         listed = await admin.ListForgetSets(pb.ListForgetSetsRequest(), timeout=30)
         assert "tofu-doomed" not in [s.name for s in listed.forget_sets]
+
+
+async def test_a_fit_that_fails_in_its_process_fails_the_registration_with_its_reason(fit_gateway) -> None:
+    """The fit's own refusal (texts that are all beginnings of one another leave nothing to
+    calibrate on) crosses the process boundary as the set's FAILED error."""
+    examples = [{"text": "Paris is lovely."}, {"text": "Paris is lovely. Paris is lovely in spring."}]
+    async with grpc.aio.insecure_channel(fit_gateway.grpc_target) as channel:
+        admin = oblivio_pb2_grpc.AdminStub(channel)
+        await admin.RegisterForgetSet(stream_of(registration_messages("prefixes", examples)), timeout=60)
+        try:
+            async for event in admin.WatchRegistration(pb.WatchRegistrationRequest(name="prefixes"), timeout=300):
+                last = event
+            assert last.state == pb.REGISTRATION_STATE_FAILED, last
+            assert last.message.startswith("detector fit failed: ") and "at least 2 texts" in last.message, last.message
+            assert fit_processes(os.getpid()) == []
+        finally:
+            await admin.DeleteForgetSet(pb.DeleteForgetSetRequest(name="prefixes"), timeout=60)
