@@ -6,11 +6,14 @@ peak and 3 min on one thread). An unbounded upload (a 10 MB set) grew a server b
 starved chat for minutes. Refusing
 it up front with INVALID_ARGUMENT naming the bound and the offending example is cheap; the
 counting is incremental so the Admin API can stop reading a stream as soon as a bound is
-crossed, without buffering the rest.
+crossed, without buffering the rest. Characters alone do not bound the fit: English is about
+0.26 tokens a character, but text in scripts the vocabulary covers poorly is up to 4, so the
+detector texts' tokens are bounded too (counted with the served model's tokenizer).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ MAX_TEXT_CHARS = 8_000  # hard cap on one question, answer or text (ForgetExampl
 DEFAULT_MAX_EXAMPLES = 2_000
 DEFAULT_MAX_EXAMPLE_CHARS = 2_000
 DEFAULT_MAX_TOTAL_CHARS = 250_000
+DEFAULT_MAX_TOTAL_TOKENS = 75_000
 _SHOWN_CHARS = 40  # how much of an offending example an error message quotes
 
 
@@ -32,11 +36,12 @@ class RegistrationLimits:
     max_examples: int = DEFAULT_MAX_EXAMPLES
     max_example_chars: int = DEFAULT_MAX_EXAMPLE_CHARS
     max_total_chars: int = DEFAULT_MAX_TOTAL_CHARS
+    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
 
     @classmethod
     def from_config(cls, config: Any) -> "RegistrationLimits":
         """From ``oblivio.gateway.config.RegistrationConfig``."""
-        return cls(config.max_examples, config.max_example_chars, config.max_total_chars)
+        return cls(config.max_examples, config.max_example_chars, config.max_total_chars, config.max_total_tokens)
 
     def counter(self) -> "LimitCounter":
         return LimitCounter(self)
@@ -48,6 +53,19 @@ class RegistrationLimits:
         counter = self.counter()
         for example in examples:
             counter.add(example)
+
+    def check_tokens(self, detector_texts: Sequence[Sequence[str]], count: Callable[[list[str]], list[int]]) -> None:
+        """Raise :class:`RegistrationLimitError` at the example whose detector texts (one list
+        per example) take the set over ``max_total_tokens``; ``count`` gives each text's tokens."""
+        counts = iter(count([text for texts in detector_texts for text in texts]))
+        total = 0
+        for index, texts in enumerate(detector_texts, 1):
+            total += sum(next(counts) for _ in texts)
+            if total > self.max_total_tokens:
+                raise RegistrationLimitError(
+                    f"forget set refused: at example {index} ({_shown(texts[-1])}) the texts the detector is fitted "
+                    f"on hold {total} tokens, over registration.max_total_tokens = {self.max_total_tokens} (text "
+                    f"the model's vocabulary covers poorly takes up to 4 tokens a character){_RAISE}")
 
 
 class LimitCounter:

@@ -198,6 +198,7 @@ class RegistrationPipeline:
         self.fit_threads = fit_threads
         self.nice = nice
         self.limits = limits or RegistrationLimits()
+        self._tokenizer: Any = None  # the served model's, for the token bound (loaded on first use)
         self.max_attempts = max_attempts
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
@@ -407,6 +408,7 @@ class RegistrationPipeline:
         items = [ex if isinstance(ex, ForgetExample) else ForgetExample.from_mapping(ex) for ex in examples]
         if not items:
             raise ValueError("a forget set needs at least one example")
+        await asyncio.to_thread(self.limits.check_tokens, [ex.detector_texts() for ex in items], self._count_tokens)
         self._validate_examples(items)
         if method != "refusal" and all(ex.as_pair(method)[1] is None for ex in items):
             raise ValueError(f"method {method!r} needs question/answer pairs or texts of at least 4 words")
@@ -430,6 +432,14 @@ class RegistrationPipeline:
         self._emit(record.name, record.job_id, State.VALIDATING, 0.0, f"accepted {len(items)} examples")
         self._spawn(name)
         return record
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's tokens under the served model's tokenizer (run in a worker thread)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=False).input_ids]
 
     def list(self) -> list[ForgetSetRecord]:
         return self.registry.list()

@@ -21,6 +21,7 @@ from oblivio.adapters.limits import (
     DEFAULT_MAX_EXAMPLE_CHARS,
     DEFAULT_MAX_EXAMPLES,
     DEFAULT_MAX_TOTAL_CHARS,
+    DEFAULT_MAX_TOTAL_TOKENS,
     MAX_TEXT_CHARS,
 )
 
@@ -172,6 +173,11 @@ class RegistrationConfig(_Section):
         description="characters of one example (question, answer and text together)",
     )
     max_total_chars: int = Field(default=DEFAULT_MAX_TOTAL_CHARS, ge=1, description="characters of a whole set")
+    max_total_tokens: int = Field(
+        default=DEFAULT_MAX_TOTAL_TOKENS, ge=1,
+        description="tokens of the texts the detector is fitted on (questions, question + answer, texts); "
+                    "TOFU forget10 is 28.9k",
+    )
 
 
 class AuthConfig(_Section):

@@ -259,6 +259,20 @@ async def test_registration_stream_stops_at_a_bound(limits, fragment) -> None:
     assert len((await _parse(HEADER, CHUNK, CHUNK, limits=exact))[1]) == 4
 
 
+def test_token_bound_names_the_example_that_crosses_it() -> None:
+    from oblivio.adapters.limits import RegistrationLimitError, RegistrationLimits
+
+    texts = [["q?", "q? a."], ["plain text"], ["last one"]]  # 1 + 2, 2, 2 words
+
+    def words(batch: list[str]) -> list[int]:  # a stand-in token count
+        return [len(text.split()) for text in batch]
+
+    RegistrationLimits(max_total_tokens=7).check_tokens(texts, words)  # exactly at the bound
+    with pytest.raises(RegistrationLimitError, match=r"at example 3 \('last one'\) the texts the detector is fitted "
+                                                     r"on hold 7 tokens, over registration.max_total_tokens = 6"):
+        RegistrationLimits(max_total_tokens=6).check_tokens(texts, words)
+
+
 def test_status_mapping() -> None:
     from oblivio.adapters.registry import ForgetSetExistsError, UnknownForgetSetError
     from oblivio.gateway.admin_forget import status_for
