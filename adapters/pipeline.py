@@ -408,7 +408,8 @@ class RegistrationPipeline:
         items = [ex if isinstance(ex, ForgetExample) else ForgetExample.from_mapping(ex) for ex in examples]
         if not items:
             raise ValueError("a forget set needs at least one example")
-        await asyncio.to_thread(self.limits.check_tokens, [ex.detector_texts() for ex in items], self._count_tokens)
+        if self.detector is not None:  # the token bound is the fit's: a gateway without a detector fits nothing
+            await asyncio.to_thread(self.limits.check_tokens, [ex.detector_texts() for ex in items], self._count_tokens)
         self._validate_examples(items)
         if method != "refusal" and all(ex.as_pair(method)[1] is None for ex in items):
             raise ValueError(f"method {method!r} needs question/answer pairs or texts of at least 4 words")

@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from fixtures_registration import fit_processes, gateway_with_registration, tiny_training, tofu_examples, until_fitting
-from fixtures_reliability import registration_messages, stream_of, user_request
+from fixtures_reliability import registration_messages, stored_state, stream_of, user_request
+from oblivio.adapters.limits import DEFAULT_MAX_TOTAL_TOKENS
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -92,6 +93,22 @@ async def test_delete_during_the_fit_kills_it_and_deletes_the_set(fit_gateway) -
         assert not (pipeline.jobs_dir / job_id).exists()
         listed = await admin.ListForgetSets(pb.ListForgetSetsRequest(), timeout=30)
         assert "tofu-doomed" not in [s.name for s in listed.forget_sets]
+
+
+async def test_a_set_over_the_token_bound_is_refused_before_any_fit(fit_gateway) -> None:
+    """Characters alone do not bound the fit: text the vocabulary covers poorly is up to 4
+    tokens a character. 100 examples of 400 such characters (40k characters, far inside
+    max_total_chars) are 160k tokens: refused at once, naming the bound; nothing stored changes."""
+    rare = [{"text": f"{i:03d} " + "".join(chr(0x10000 + j * 37) for j in range(400))} for i in range(100)]
+    async with grpc.aio.insecure_channel(fit_gateway.grpc_target) as channel:
+        admin = oblivio_pb2_grpc.AdminStub(channel)
+        before = stored_state(fit_gateway)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.RegisterForgetSet(stream_of(registration_messages("rare-script", rare)), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert f"over registration.max_total_tokens = {DEFAULT_MAX_TOTAL_TOKENS}" in err.value.details()
+        assert fit_processes(os.getpid()) == []
+        assert stored_state(fit_gateway) == before
 
 
 async def test_a_fit_that_fails_in_its_process_fails_the_registration_with_its_reason(fit_gateway) -> None:
