@@ -9,7 +9,20 @@ import torch
 
 from oblivio.gateway.backends import vllm_cpu_lora as ours
 
-theirs = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+
+def _pristine_vllm_ops():  # type: ignore[no-untyped-def]
+    """vLLM's own ops, loaded from their file as a fresh module: the imported one may already
+    have been patched by a backend another test started in this process."""
+    import importlib.util
+
+    installed = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+    spec = importlib.util.spec_from_file_location("vllm_lora_ops_pristine", installed.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+theirs = _pristine_vllm_ops()
 
 SLOTS, RANK, IN, OUT, TOKENS = 3, 8, 64, 96, 11
 
