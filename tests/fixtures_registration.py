@@ -124,3 +124,21 @@ def fit_processes(parent_pid: int) -> list[Any]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+# A set whose description, subjects and job messages must not survive its deletion anywhere in
+# the registry's files (issue 17), on every registry backend.
+SECRET_SET = "quillon-secret-set"
+SECRET_BYTES = (b"Tobias Quillon", b"born in the city of Paris", SECRET_SET.encode())
+
+
+def record_secret_set(registry: Any) -> None:
+    """Register SECRET_SET (taken through three job states, each with a message naming it) and
+    one other set that must stay intact; the caller deletes SECRET_SET and looks for its bytes."""
+    from oblivio.adapters.registry import State
+
+    registry.create(SECRET_SET, method="refusal", description="Tobias Quillon, born in the city of Paris",
+                    subjects=["Tobias Quillon"], example_count=3)
+    registry.create("other-set", method="refusal", description="kept")
+    for state in (State.FITTING_DETECTOR, State.ENFORCING, State.TRAINING):
+        registry.transition(SECRET_SET, state, message="Tobias Quillon: working")

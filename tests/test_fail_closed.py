@@ -33,7 +33,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fixtures_registration import FRANCE
+from fixtures_registration import FRANCE, SECRET_BYTES, SECRET_SET, record_secret_set
 from fixtures_reliability import tree_snapshot, user_request
 from fixtures_serving import serving_config, started_gateway
 from oblivio.adapters.pipeline import check_stored_state
@@ -261,21 +261,16 @@ def test_an_orphan_next_to_registered_sets_is_removed_with_a_log_line(tmp_path, 
 def test_a_deleted_set_leaves_nothing_in_the_registry_files(tmp_path):
     """The description, subjects and job messages of a deleted set must not survive in
     registry.db, registry.db-wal or registry.db-shm (before: many copies in the -wal)."""
-    secrets = (b"Tobias Quillon", b"born in the city of Paris", b"quillon-secret-set")
     registry = SqliteRegistry(tmp_path / REGISTRY_FILE)
     try:
-        registry.create("quillon-secret-set", method="refusal", description="Tobias Quillon, born in the city of Paris",
-                        subjects=["Tobias Quillon"], example_count=3)
-        registry.create("other-set", method="refusal", description="kept")
-        for state in (State.FITTING_DETECTOR, State.ENFORCING, State.TRAINING):
-            registry.transition("quillon-secret-set", state, message="Tobias Quillon: working")
-        registry.transition("quillon-secret-set", State.DELETING)
-        registry.remove("quillon-secret-set")
+        record_secret_set(registry)
+        registry.transition(SECRET_SET, State.DELETING)
+        registry.remove(SECRET_SET)
         files = sorted(tmp_path.glob(f"{REGISTRY_FILE}*"))
         assert {f.name for f in files} >= {REGISTRY_FILE, f"{REGISTRY_FILE}-wal"}
         for path in files:
             raw = path.read_bytes()
-            assert not [s for s in secrets if s in raw], path.name
+            assert not [s for s in SECRET_BYTES if s in raw], path.name
         assert [r.name for r in registry.list()] == ["other-set"]  # the rest is intact
     finally:
         registry.close()

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from fixtures_postgres import PASSWORD, PASSWORD_ROLE, PostgresServer
-from fixtures_registration import FRANCE, as_dicts, make_pipeline
+from fixtures_registration import FRANCE, SECRET_BYTES, SECRET_SET, as_dicts, make_pipeline, record_secret_set
 from oblivio.adapters.pipeline import check_stored_state
 from oblivio.adapters.registry import (
     ForgetSetExistsError,
@@ -40,8 +40,6 @@ from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
 from oblivio.gateway.cli import main as oblivio_cli
 from oblivio.gateway.config import ConfigError, RegistryConfig, load_config
-
-SECRETS = (b"Tobias Quillon", b"born in the city of Paris", b"quillon-secret-set")
 
 
 @pytest.fixture
@@ -132,7 +130,7 @@ def _secrets_in(files: Sequence[Path]) -> list[tuple[str, bytes]]:
     found = []
     for path in files:
         raw = path.read_bytes() if path.exists() else b""
-        found += [(path.name, secret) for secret in SECRETS if secret in raw]
+        found += [(path.name, secret) for secret in SECRET_BYTES if secret in raw]
     return found
 
 
@@ -142,14 +140,10 @@ def test_a_deleted_set_leaves_no_row_versions_in_the_table_files(tmp_path, postg
     and backups still do, for their retention: deploy/README.md says so.)"""
     registry = open_registry(tmp_path, config)
     try:
-        registry.create("quillon-secret-set", method="refusal", description="Tobias Quillon, born in the city of Paris",
-                        subjects=["Tobias Quillon"], example_count=3)
-        registry.create("other-set", method="refusal", description="kept")
-        for state in (State.FITTING_DETECTOR, State.ENFORCING, State.TRAINING):
-            registry.transition("quillon-secret-set", state, message="Tobias Quillon: working")
+        record_secret_set(registry)
         assert _secrets_in(_table_files(postgres_server, postgres_database)), "the check must see stored rows"
-        registry.transition("quillon-secret-set", State.DELETING)
-        registry.remove("quillon-secret-set")
+        registry.transition(SECRET_SET, State.DELETING)
+        registry.remove(SECRET_SET)
         assert _secrets_in(_table_files(postgres_server, postgres_database)) == []
         assert [r.name for r in registry.list()] == ["other-set"]  # the rest is intact
     finally:
