@@ -30,7 +30,7 @@ def _sims(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b.T`` via torch (honours torch threads; numpy's OpenBLAS oversubscribes busy CPUs)."""
     return torch.matmul(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b)).T).numpy()
 
-__all__ = ["quantize_rows", "dequantize_rows", "shuffle_rows", "dedupe_rows", "inversion_recovery_rate"]
+__all__ = ["quantize_rows", "dequantize_rows", "shuffle_rows", "dedupe_rows", "inversion_hits", "inversion_recovery_rate"]
 
 
 def quantize_rows(x: np.ndarray) -> np.ndarray:
@@ -71,8 +71,8 @@ def dedupe_rows(x: np.ndarray, threshold: float, block: int = 256) -> np.ndarray
     return kept_mat
 
 
-def inversion_recovery_rate(stored: np.ndarray, true_ids: np.ndarray, candidates: np.ndarray, candidate_ids: np.ndarray) -> float:
-    """Share of stored vectors whose nearest candidate (cosine) has the true token id.
+def inversion_hits(stored: np.ndarray, true_ids: np.ndarray, candidates: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+    """Per stored vector: is its nearest candidate (cosine) the token it came from.
 
     ``candidates`` are vectors the attacker can compute for each candidate token in the same
     space as ``stored`` (e.g. the model's input embeddings, or each token's hidden state run on
@@ -80,8 +80,13 @@ def inversion_recovery_rate(stored: np.ndarray, true_ids: np.ndarray, candidates
     """
     a = stored / np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-6)
     c = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-6)
-    hits = 0
+    hits = np.zeros(len(a), dtype=bool)
     for start in range(0, len(a), 2048):
         nearest = np.argmax(_sims(a[start : start + 2048].astype(np.float32), c.astype(np.float32)), axis=1)
-        hits += int(np.sum(candidate_ids[nearest] == true_ids[start : start + 2048]))
-    return hits / max(len(a), 1)
+        hits[start : start + 2048] = candidate_ids[nearest] == true_ids[start : start + 2048]
+    return hits
+
+
+def inversion_recovery_rate(stored: np.ndarray, true_ids: np.ndarray, candidates: np.ndarray, candidate_ids: np.ndarray) -> float:
+    """Share of stored vectors whose nearest candidate has the true token id (``inversion_hits``)."""
+    return float(inversion_hits(stored, true_ids, candidates, candidate_ids).mean()) if len(stored) else 0.0

@@ -214,6 +214,7 @@ def _privacy(data, extractor, pct, results, probe_feats, probe_raw, pos_all, n_n
     from oblivio.detector import fit_forget_set
     from oblivio.detector.privacy import dequantize_rows, inversion_recovery_rate, quantize_rows
     from oblivio.detector.scorer import generic_bank
+    from oblivio.eval.detector_inversion import context_free_candidates
 
     split = f"forget{pct:02d}"
     forget = set(data.forget_split(pct))
@@ -240,27 +241,22 @@ def _privacy(data, extractor, pct, results, probe_feats, probe_raw, pos_all, n_n
     fit_rows = [i for i, q in enumerate(fit_all) if q.person_id in forget]
     feats = fit_feats.subset(fit_rows)
     ids = feats.token_ids
-    tok_rows = np.concatenate([np.arange(fit_feats.offsets[i], fit_feats.offsets[i + 1]) for i in fit_rows])
+    tok_rows = fit_feats.row_indices(fit_rows)
     raw = {l: fit_raw[l][tok_rows] for l in extractor.layers}
     vocab = extractor.model.embed_tokens.weight.detach().float().numpy()
-    cand_ids = np.unique(np.r_[np.unique(ids), rng.choice(len(vocab), 500 if quick else 2000, replace=False)])
-    cand_texts = [extractor.tokenizer.decode([int(i)]) for i in cand_ids]
-    keep = [i for i, t in enumerate(cand_texts) if t.strip() and extractor.tokenizer(t, add_special_tokens=False).input_ids[:1] == [int(cand_ids[i])]]
-    cand_ids, cand_texts = cand_ids[keep], [cand_texts[i] for i in keep]
     # context-free token states: each candidate token alone in a user turn
+    cand_ids, cand_states = context_free_candidates(extractor, ids, 500 if quick else 2000, rng)
     LOG.info("privacy: inversion attack, %d candidate tokens", len(cand_ids))
-    cand_raw, cand_off, _ = extractor.raw_hidden(cand_texts)
-    first = cand_off[:-1]
     guess_ext = extractor.with_projection(extractor.projection_dim, extractor.projection_seed + 1)
     for l in extractor.layers:
         stored_protected = dequantize_rows(quantize_rows(feats.tokens[l]))
         emb_prot = extractor.to_space(l, vocab[cand_ids])
-        ctx_prot = extractor.to_space(l, cand_raw[l][first])
-        ctx_guess = guess_ext.to_space(l, cand_raw[l][first])
+        ctx_prot = extractor.to_space(l, cand_states[l])
+        ctx_guess = guess_ext.to_space(l, cand_states[l])
         rows.append(("inversion", f"layer {l}",
                      f"{inversion_recovery_rate(raw[l], ids, vocab[cand_ids], cand_ids):.3f}",
                      f"{inversion_recovery_rate(stored_protected, ids, emb_prot, cand_ids):.3f}",
-                     f"{inversion_recovery_rate(raw[l], ids, cand_raw[l][first], cand_ids):.3f}",
+                     f"{inversion_recovery_rate(raw[l], ids, cand_states[l], cand_ids):.3f}",
                      f"{inversion_recovery_rate(stored_protected, ids, ctx_prot, cand_ids):.3f}",
                      f"{inversion_recovery_rate(stored_protected, ids, ctx_guess, cand_ids):.3f}",
                      str(len(cand_ids))))

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InversionRow", "inversion_attack", "render_inversion"]
+from oblivio.detector.privacy import inversion_hits
+
+__all__ = ["InversionRow", "context_free_candidates", "inversion_attack", "render_inversion"]
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,16 @@ def inversion_attack(extractor: Any, scorer: Any, texts: tuple[str, ...], subjec
     source = extractor.extract(registered, with_token_ids=True)
     name_ids = {i for s in subjects for i in tokenizer(" " + s, add_special_tokens=False).input_ids}
     name_ids |= {i for s in subjects for i in tokenizer(s, add_special_tokens=False).input_ids}
-    rng = np.random.default_rng(seed)
-    vocab_size = int(extractor.model.embed_tokens.weight.shape[0])
-    cand_ids = np.unique(np.r_[np.unique(source.token_ids), rng.choice(vocab_size, n_random, replace=False)])
-    cand_texts = [tokenizer.decode([int(i)]) for i in cand_ids]
-    usable = [i for i, t in enumerate(cand_texts) if t.strip() and tokenizer(t, add_special_tokens=False).input_ids[:1] == [int(cand_ids[i])]]
-    cand_ids, cand_texts = cand_ids[usable], [cand_texts[i] for i in usable]
-    cand_raw, cand_offsets, _ = extractor.raw_hidden(cand_texts)
-    first = cand_offsets[:-1]
+    cand_ids, cand_states = context_free_candidates(extractor, source.token_ids, n_random, np.random.default_rng(seed))
     guessed = extractor.with_projection(extractor.projection_dim, extractor.projection_seed + 1)
     rows = []
     for layer in extractor.layers:
         stored = scorer.banks.forget[layer]
         ids = _true_ids(stored, source.tokens[layer], source.token_ids)
-        candidates = extractor.to_space(layer, cand_raw[layer][first])
-        hits = _hits(stored, ids, candidates, cand_ids)
+        hits = inversion_hits(stored, ids, extractor.to_space(layer, cand_states[layer]), cand_ids)
         is_name = np.isin(ids, list(name_ids))
         examples = tuple(dict.fromkeys(tokenizer.decode([int(i)]).strip() for i in ids[hits][:40]))[:8]
-        blind = _hits(stored, ids, guessed.to_space(layer, cand_raw[layer][first]), cand_ids)
+        blind = inversion_hits(stored, ids, guessed.to_space(layer, cand_states[layer]), cand_ids)
         rows.append(
             InversionRow(
                 layer, len(stored), float(hits.mean()), float(hits[is_name].mean()) if is_name.any() else float("nan"),
@@ -78,12 +72,17 @@ def inversion_attack(extractor: Any, scorer: Any, texts: tuple[str, ...], subjec
     return rows
 
 
-def _hits(stored: np.ndarray, ids: np.ndarray, candidates: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
-    """Per stored row: does its nearest candidate carry its true id."""
-    from oblivio.detector.scoring import sims
-
-    c = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-6)
-    return cand_ids[np.argmax(sims(stored.astype(np.float32), c.astype(np.float32)), axis=1)] == ids
+def context_free_candidates(extractor: Any, true_ids: np.ndarray, n_random: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The attacker's candidate tokens (every true id + ``n_random`` vocabulary ids, keeping those
+    that decode to text tokenizing back to themselves) and, per layer, each one's raw hidden
+    state when run alone in a user turn."""
+    tokenizer = extractor.tokenizer
+    vocab_size = int(extractor.model.embed_tokens.weight.shape[0])
+    cand_ids = np.unique(np.r_[np.unique(true_ids), rng.choice(vocab_size, n_random, replace=False)])
+    cand_texts = [tokenizer.decode([int(i)]) for i in cand_ids]
+    usable = [i for i, t in enumerate(cand_texts) if t.strip() and tokenizer(t, add_special_tokens=False).input_ids[:1] == [int(cand_ids[i])]]
+    raw, offsets, _ = extractor.raw_hidden([cand_texts[i] for i in usable])
+    return cand_ids[usable], {l: states[offsets[:-1]] for l, states in raw.items()}
 
 
 def render_inversion(label: str, rows: list[InversionRow]) -> str:
