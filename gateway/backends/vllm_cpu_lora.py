@@ -50,8 +50,6 @@ def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
         weights = weights.squeeze(1)
     x = inputs.to(dtype)
     out = torch.zeros((x.shape[0], weights.shape[1]), dtype=dtype, device=x.device)
-    if indices.numel() == 1 and x.shape[0] > 1:  # vLLM passes one index for a whole batch
-        indices = indices.expand(x.shape[0])
     for slot in torch.unique(indices).tolist():
         if slot < 0:
             continue
