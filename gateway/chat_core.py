@@ -372,15 +372,22 @@ class ChatCore:
     ) -> GateOutcome:
         """Detector + gate for a conversation. ``policy`` overrides the store (what-if explain)."""
         parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
+        return await self.evaluate_texts([conversation_text(parsed)], policy)
+
+    async def evaluate_texts(self, texts: Sequence[str], policy: gate.GatePolicy | None = None) -> GateOutcome:
+        """Detector + gate for prompts served by ONE generation request (a batch of completion
+        prompts, or one conversation's text). Each text is scored on its own and a set keeps
+        its highest score: joining them would let unrelated prompts dilute a forgotten one."""
         policy = policy if policy is not None else self.policy_store.current()
-        text = conversation_text(parsed)
+        texts = [text for text in texts if text.strip()]
+        scored_text = "\n".join(texts)
         started = time.perf_counter()
         if self._detector is None:
             decision = gate.decide({}, policy, self._live_adapters())
-            return GateOutcome(decision=decision, scored_text=text)
+            return GateOutcome(decision=decision, scored_text=scored_text)
         try:
             names = self._detector.bank.names()
-            scores = await self._detector.score(text) if names else {}
+            scores = await self._highest_scores(texts) if names else {}
         except Exception as exc:  # noqa: BLE001 - the gate's fail-open/closed policy handles it
             LOG.exception("detector failed; applying on_detector_error=%s", policy.on_detector_error)
             try:
@@ -389,16 +396,26 @@ class ChatCore:
                 names = []
             decision = gate.decide_on_detector_error(names, policy, self._live_adapters())
             elapsed = (time.perf_counter() - started) * 1000
-            return GateOutcome(decision, text, detector_error=f"{type(exc).__name__}: {exc}", detector_ms=elapsed)
+            return GateOutcome(decision, scored_text, detector_error=f"{type(exc).__name__}: {exc}", detector_ms=elapsed)
         decision = gate.decide(scores, policy, self._live_adapters())
         elapsed = (time.perf_counter() - started) * 1000
-        return GateOutcome(decision=decision, scored_text=text, detector_ms=elapsed)
+        return GateOutcome(decision=decision, scored_text=scored_text, detector_ms=elapsed)
+
+    async def _highest_scores(self, texts: Sequence[str]) -> dict[str, float]:
+        assert self._detector is not None
+        highest: dict[str, float] = {}
+        for scores in await asyncio.gather(*(self._detector.score(text) for text in texts)):
+            for name, score in scores.items():
+                highest[name] = max(score, highest.get(name, score))
+        return highest
 
     async def explain(self, messages: Sequence[Message | Mapping[str, Any]]) -> gate.GateDecision:
         """The decision a chat request with these messages would get, without generating."""
         return (await self.evaluate(messages)).decision
 
-    def _observe(self, outcome: GateOutcome) -> None:
+    def record_decision(self, request_id: str, outcome: GateOutcome) -> None:
+        """Metrics and the operator's log line for one gated request (both front doors)."""
+        _log_decision(request_id, outcome)
         if self.metrics is None:
             return
         try:
@@ -432,9 +449,8 @@ class ChatCore:
             if self.metrics is not None:
                 self.metrics.observe_request(endpoint, type(exc).__name__, time.perf_counter() - started)
             raise
-        self._observe(outcome)
         request_id = request_id or f"chatcmpl-{uuid.uuid4().hex}"
-        _log_decision(request_id, outcome)
+        self.record_decision(request_id, outcome)
         return ChatSession(
             request_id=request_id,
             prompt_token_ids=prompt_ids,

@@ -38,6 +38,9 @@ LOG = logging.getLogger(__name__)
 DECISION_HEADER = "x-oblivio-decision"
 POLICY_HEADER = "x-oblivio-policy-version"
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+# Paths that generate, and so count against server.max_concurrent_requests.
+GENERATION_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
 # OpenAI has no "refused by a gateway" reason; content_filter is the one clients already handle.
 OPENAI_FINISH = {"stop": "stop", "length": "length", FINISH_REFUSED: "content_filter"}
 # JSON's \uD800-\uDFFF escapes decode to lone surrogates: Python strings, but not Unicode text
@@ -145,7 +148,7 @@ def decision_header(outcome: GateOutcome) -> str:
     return f"{outcome.label}; policy_version={outcome.decision.policy_version}"
 
 
-def _error_for(exc: Exception) -> JSONResponse:
+def error_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, ModelNotServedError):
         return error_response(404, str(exc), kind="invalid_request_error", param="model", code="model_not_found")
     if isinstance(exc, ValueError):
@@ -184,12 +187,10 @@ def _validation_error(error: ValidationError) -> RequestFieldError:
     return RequestFieldError(f"{where}: {first['msg'].removeprefix('Value error, ')}", param=where or None)
 
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """Decode and validate a chat completion body; every failure is a RequestFieldError (400).
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object of Unicode text; every failure is a RequestFieldError (400).
 
-    Done by hand rather than by FastAPI's body parameter so that it runs after authentication
-    (an unauthenticated client learns nothing about what a valid body looks like), and so that
-    strings that are not Unicode text are refused here, naming the field, instead of failing
+    Strings that are not Unicode text are refused here, naming the field, instead of failing
     later in the tokenizer, the engine or the error response itself.
     """
     try:
@@ -203,6 +204,16 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
             f"{where} must be valid Unicode text: it holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
             param=where,
         )
+    return data
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat completion body (see :func:`decode_json_object`).
+
+    Done by hand rather than by FastAPI's body parameter so that it runs after authentication:
+    an unauthenticated client learns nothing about what a valid body looks like.
+    """
+    data = decode_json_object(raw)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -248,7 +259,7 @@ class BodySizeLimit:
 
 
 class ChatConcurrencyLimit:
-    """At most ``limit`` chat completions in progress (a stream until its last byte); one more
+    """At most ``limit`` generations (chat or text completions) in progress (a stream until its last byte); one more
     gets 503 in OpenAI's error shape at once. Nothing else counts: uvicorn's own limit counted
     every request, so chat load made ``/health`` fail exactly when a replica was busy.
     """
@@ -259,7 +270,7 @@ class ChatConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+        if scope["type"] != "http" or scope["path"] not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
@@ -274,12 +285,26 @@ class ChatConcurrencyLimit:
             self.active -= 1
 
 
-def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
-               max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
-    """The HTTP app. ``authenticator`` (oblivio.gateway.auth.Authenticator) guards chat;
-    ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered at ``/metrics``;
+def auth_denied(authenticator: Any, authorization: str | None, scope: Scope = Scope.CHAT) -> JSONResponse | None:
+    """None when ``authorization`` may use ``scope`` (or no authenticator is configured), else
+    the 401/403 response in OpenAI's error shape."""
+    if authenticator is None:
+        return None
+    try:
+        authenticator.check(scope, authorization)
+    except AuthError as exc:
+        status = 401 if exc.unauthenticated else 403
+        return error_response(status, str(exc), kind="invalid_request_error", code="invalid_api_key")
+    return None
+
+
+def create_base_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
+                    max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
+    """What both HTTP front doors share: body and concurrency limits, OpenAI-shaped errors,
+    ``/health`` and ``/metrics``. ``authenticator`` (oblivio.gateway.auth.Authenticator)
+    guards metrics; ``metrics`` (oblivio.gateway.metrics.GatewayMetrics) is rendered there;
     ``max_body_bytes`` bounds what one request may make the server buffer;
-    ``max_concurrent_chats`` bounds chat completions in progress (None = unbounded)."""
+    ``max_concurrent_chats`` bounds generations in progress (None = unbounded)."""
     app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if max_concurrent_chats is not None:
@@ -293,22 +318,37 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(exc.status_code, str(exc.detail), kind=kind)
 
-    def _check_auth(request: Request, scope: Scope = Scope.CHAT) -> JSONResponse | None:
-        if authenticator is None:
-            return None
-        try:
-            authenticator.check(scope, request.headers.get("authorization"))
-        except AuthError as exc:
-            status = 401 if exc.unauthenticated else 403
-            return error_response(status, str(exc), kind="invalid_request_error", code="invalid_api_key")
-        return None
-
     @app.get("/health")
     async def health() -> JSONResponse:
         if not chat.enforcement.ready:  # fail closed: chat is refused, so this replica is not ready
             return JSONResponse({"status": "unavailable", "reason": chat.enforcement.summary()}, status_code=503)
         ready = app.state.ready and await chat.backend.healthy()
         return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        # Per-set series are operator data: an admin or metrics token once auth is configured.
+        if (denied := auth_denied(authenticator, request.headers.get("authorization"), Scope.METRICS)) is not None:
+            return denied
+        if metrics is not None:
+            return Response(metrics.render(), media_type=metrics.content_type)
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
+               max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
+    """The hand-written OpenAI front door over ChatCore, for the reference backend (its
+    exactness tests); the vLLM backend gets vLLM's own (:mod:`oblivio.gateway.openai_vllm`).
+    Arguments as for :func:`create_base_app`."""
+    app = create_base_app(chat, authenticator=authenticator, metrics=metrics,
+                          max_body_bytes=max_body_bytes, max_concurrent_chats=max_concurrent_chats)
+
+    def _check_auth(request: Request) -> JSONResponse | None:
+        return auth_denied(authenticator, request.headers.get("authorization"))
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
@@ -331,7 +371,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
                 messages, body.sampling(), model=body.model, endpoint="http.chat_completions"
             )
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
-            return _error_for(exc)
+            return error_for(exc)
         headers = {DECISION_HEADER: decision_header(session.outcome), POLICY_HEADER: str(session.outcome.decision.policy_version)}
         created = int(time.time())
         if body.stream:
@@ -344,7 +384,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         try:
             text = "".join([chunk.text async for chunk in session.chunks()])
         except Exception as exc:  # noqa: BLE001
-            return _error_for(exc)
+            return error_for(exc)
         finish = OPENAI_FINISH.get(session.finish_reason or "stop", "stop")
         return JSONResponse(
             {
@@ -389,23 +429,12 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
                     delta = {"content": chunk.text} if chunk.text else {}
                     yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
         except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
-            response = _error_for(exc)
+            response = error_for(exc)
             yield f"data: {response.body.decode()}\n\n"
             return
         if include_usage:
             yield event([], usage=_usage(session.prompt_tokens, session.completion_tokens))
         yield "data: [DONE]\n\n"
-
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
-        # Per-set series are operator data: an admin or metrics token once auth is configured.
-        if (denied := _check_auth(request, Scope.METRICS)) is not None:
-            return denied
-        if metrics is not None:
-            return Response(metrics.render(), media_type=metrics.content_type)
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from oblivio.adapters.registry import RegistryStateError
 from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.auth import Authenticator
+from oblivio.gateway.backends.vllm_backend import VLLMBackend
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.grpc_server import GrpcServer
 from oblivio.gateway.openai_http import create_app
@@ -65,13 +67,8 @@ class Gateway:
         self.host = server_config.host
         # One authenticator (token files read once) guards both front doors.
         self.grpc = GrpcServer(runtime, host=self.host, port=server_config.grpc_port, authenticator=authenticator)
-        self.app = create_app(
-            runtime.chat,
-            authenticator=authenticator,
-            metrics=runtime.metrics,
-            max_body_bytes=server_config.max_request_bytes,
-            max_concurrent_chats=server_config.max_concurrent_requests,
-        )
+        self.authenticator = authenticator
+        self.app: FastAPI | None = None  # built in start(): vLLM's app needs the running engine
         self.http_port: int | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -100,8 +97,28 @@ class Gateway:
         scheme = "https" if self.runtime.config.auth.tls_cert_file else "http"
         return f"{scheme}://{_url_host(self.host)}:{self.http_port}"
 
+    async def _build_app(self) -> FastAPI:
+        """vLLM's own OpenAI layer behind the gate for the vLLM backend; the hand-written one
+        for the reference backend (exactness tests, no engine to build vLLM's on)."""
+        runtime, server_config = self.runtime, self.runtime.config.server
+        common: dict[str, Any] = dict(
+            authenticator=self.authenticator,
+            metrics=runtime.metrics,
+            max_body_bytes=server_config.max_request_bytes,
+            max_concurrent_chats=server_config.max_concurrent_requests,
+        )
+        if isinstance(runtime.backend, VLLMBackend):
+            from oblivio.gateway.openai_vllm import create_vllm_app
+
+            model = runtime.config.model
+            return await create_vllm_app(runtime.chat, runtime.backend, served_name=model.served_name,
+                                         model_path=str(runtime.config.model_path),
+                                         max_model_len=model.max_model_len, **common)
+        return create_app(runtime.chat, **common)
+
     async def start(self) -> None:
         config, auth = self.runtime.config.server, self.runtime.config.auth
+        self.app = await self._build_app()
         await self.grpc.start()
         sock = _bind(self.host, config.http_port)
         self.http_port = sock.getsockname()[1]
@@ -131,7 +148,8 @@ class Gateway:
             return
         self._stopped = True
         grace = self.runtime.config.server.shutdown_grace_s if grace is None else grace
-        self.app.state.ready = False
+        if self.app is not None:
+            self.app.state.ready = False
         if self._http is not None:
             self._http.config.timeout_graceful_shutdown = max(1, int(grace)) if grace else None
             self._http.should_exit = True

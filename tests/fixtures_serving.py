@@ -81,6 +81,23 @@ GATED_TEXTS = (
 )
 
 
+@asynccontextmanager
+async def gated_gateway_over(config: OblivioConfig, backend: Any, adapter: Path, extractor: Any) -> AsyncIterator[Any]:
+    """A started Gateway whose detector bank holds one fitted forget set ("serving-paris") and
+    whose backend has that set's adapter live; the adapter is removed again on exit."""
+    from oblivio.detector import DetectorBank, fit_forget_set
+
+    bank = DetectorBank(extractor)
+    bank.add(GATED_SET, fit_forget_set(extractor, list(GATED_TEXTS), name=GATED_SET))
+    await backend.add_adapter(GATED_SET, adapter)
+    try:
+        async with started_gateway(config, backend, bank) as gateway:
+            gateway.runtime.policy_store.register_set(GATED_SET)
+            yield gateway
+    finally:
+        await backend.remove_adapter(GATED_SET)
+
+
 @pytest.fixture(scope="session")
 async def gated_gateway(
     model_path: Path,
@@ -89,16 +106,23 @@ async def gated_gateway(
     detector_extractor: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Any]:
-    """A Gateway with a real detector bank (over the detector area's shared extractor) holding
-    one fitted forget set ("serving-paris") whose adapter (a random rank-8 LoRA) is live in the
-    shared reference backend."""
-    from oblivio.detector import DetectorBank, fit_forget_set
-
+    """The gated Gateway over the shared reference backend (a random rank-8 LoRA as the set's
+    adapter): the hand-written HTTP front door the reference backend keeps for exactness tests."""
     config = serving_config(model_path, tmp_path_factory.mktemp("gated_home"))
-    bank = DetectorBank(detector_extractor)
-    bank.add(GATED_SET, fit_forget_set(detector_extractor, list(GATED_TEXTS), name=GATED_SET))
-    await reference_backend.add_adapter(GATED_SET, lora_adapters["alpha"])
-    async with started_gateway(config, reference_backend, bank) as gateway:
-        gateway.runtime.policy_store.register_set(GATED_SET)
+    async with gated_gateway_over(config, reference_backend, lora_adapters["alpha"], detector_extractor) as gateway:
         yield gateway
-    await reference_backend.remove_adapter(GATED_SET)
+
+
+@pytest.fixture(scope="session")
+async def vllm_gated_gateway(
+    model_path: Path,
+    vllm_backend: Any,
+    lora_adapters: dict[str, Path],
+    detector_extractor: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Any]:
+    """The same gated Gateway over the shared vLLM engine: what ``oblivio serve`` runs by
+    default, HTTP front door included."""
+    config = serving_config(model_path, tmp_path_factory.mktemp("vllm_gated_home"), **{"engine.backend": "vllm"})
+    async with gated_gateway_over(config, vllm_backend, lora_adapters["alpha"], detector_extractor) as gateway:
+        yield gateway

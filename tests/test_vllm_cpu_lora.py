@@ -85,7 +85,7 @@ def test_prefill_ops_explode_per_sequence_slots() -> None:
 
 def test_untested_vllm_release_is_refused_with_a_clear_message() -> None:
     originals = {name: getattr(theirs, name) for name in ours._REPLACEMENTS}
-    with pytest.raises(ours.UnsupportedVLLMError, match=r"vLLM 0\.99\.1 is installed.*tested with vLLM 0\.32\.x"):
+    with pytest.raises(ours.UnsupportedVLLMError, match=r"vLLM 0\.99\.1 is installed.*tested with vLLM >=0\.32,<0\.33 only"):
         ours._check("0.99.1", originals)
     ours._check("0.32.0", originals)  # the pinned release passes
 

@@ -37,6 +37,7 @@ import functools
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -64,6 +65,7 @@ from oblivio.gateway.backends.base import (
     BackendError,
     GenerationChunk,
     SamplingSettings,
+    normalize_application,
     prepare_request,
 )
 from oblivio.gateway.backends import vllm_cpu_lora
@@ -274,6 +276,11 @@ class VLLMBackend:
         """Requests the engine is still working on (aborted ones leave at once)."""
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
 
+    @property
+    def engine(self) -> Any:
+        """The running AsyncLLM, for front doors that submit to it themselves (vLLM's OpenAI app)."""
+        return self._require_engine()
+
     def _require_engine(self) -> Any:
         engine = self._engine
         if engine is None:
@@ -390,7 +397,10 @@ class VLLMBackend:
             )
         variant = _Variant(
             key=key,
-            lora=LoRARequest(lora_name=f"{label}#{lora_id}", lora_int_id=lora_id, lora_path=str(path)),
+            # An opaque name: vLLM's OpenAI layer shows it to clients (response "model", errors),
+            # and a forget set's name would confirm what was forgotten.
+            lora=LoRARequest(lora_name=f"oblivio-variant-{lora_id}-{secrets.token_hex(6)}", lora_int_id=lora_id,
+                             lora_path=str(path)),
             folder=folder,
             names=frozenset(name for name, _, _ in key),
         )
@@ -441,6 +451,20 @@ class VLLMBackend:
         if variant.retired and variant.in_flight == 0:
             await self._dispose(variant)
 
+    @contextlib.asynccontextmanager
+    async def lease(self, application: AdapterApplication) -> AsyncIterator[Any]:
+        """The ``LoRARequest`` serving ``application`` (None for the base model), held live
+        until the block exits: for callers that submit to the engine themselves, as vLLM's
+        OpenAI serving layer does. Eviction and removal wait for the lease to end."""
+        self._require_engine()
+        adapters = normalize_application(application, self._adapters)
+        self._variant_key(adapters)  # a scale above the grid fails here
+        variant = await self._acquire(adapters)
+        try:
+            yield variant.lora if variant is not None else None
+        finally:
+            await self._release(variant)
+
     # ------------------------------------------------------------------ generation
 
     def generate(
@@ -477,21 +501,24 @@ class VLLMBackend:
         adapters: tuple[tuple[str, float], ...],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
+        engine = self._require_engine()
+        params = self._sampling_params(sampling)
+        async with self.lease(AdapterApplication(adapters)) as lora:
+            async for chunk in self._generate(engine, prompt, params, lora, request_id, sampling.logprobs):
+                yield chunk
+
+    async def _generate(
+        self, engine: Any, prompt: list[int], params: Any, lora: Any, request_id: str, logprobs: int | None
+    ) -> AsyncIterator[GenerationChunk]:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
-        engine = self._require_engine()
-        params = self._sampling_params(sampling)
-        variant = await self._acquire(adapters)
         # The caller's id may repeat (retries, several backends); the engine's must not.
         engine_request_id = f"{request_id}-{uuid.uuid4().hex[:12]}"
         finished = False
         completion_tokens = 0
         outputs = engine.generate(
-            TokensPrompt(prompt_token_ids=prompt),
-            params,
-            request_id=engine_request_id,
-            lora_request=variant.lora if variant is not None else None,
+            TokensPrompt(prompt_token_ids=prompt), params, request_id=engine_request_id, lora_request=lora
         )
         try:
             async for output in outputs:
@@ -501,7 +528,7 @@ class VLLMBackend:
                 yield GenerationChunk(
                     text=completion.text,
                     token_ids=list(completion.token_ids),
-                    logprobs=_convert_logprobs(completion.logprobs) if sampling.logprobs is not None else None,
+                    logprobs=_convert_logprobs(completion.logprobs) if logprobs is not None else None,
                     finish_reason=completion.finish_reason if output.finished else None,
                     prompt_tokens=len(prompt),
                     completion_tokens=completion_tokens,
@@ -520,7 +547,6 @@ class VLLMBackend:
                     await self._engine.abort(engine_request_id)
                 except Exception:  # noqa: BLE001 - already gone is fine
                     log.debug("abort(%s) failed", engine_request_id, exc_info=True)
-            await self._release(variant)
 
 
 def cpu_kv_cache_bytes(memory_share: float) -> int:

@@ -29,17 +29,12 @@ from collections.abc import Callable
 
 import torch
 
+from oblivio.gateway.backends.vllm_version import TESTED_VLLM, UnsupportedVLLMError, check_tested
 from oblivio.gateway.config import VLLM_CPU_LORA_ENV as ENABLE_ENV
 
 __all__ = ["ENABLE_ENV", "TESTED_VLLM", "install", "register", "UnsupportedVLLMError"]
 
-# vLLM releases whose torch_ops these replacements were checked against (major, minor).
-TESTED_VLLM = ((0, 32),)
 _PATCHED_MODULES = ("vllm.lora.ops.torch_ops.lora_ops", "vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
-
-
-class UnsupportedVLLMError(RuntimeError):
-    """The installed vLLM is outside the range the CPU LoRA fix was tested with."""
 
 
 def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -109,13 +104,7 @@ _REPLACEMENTS: dict[str, Callable[..., None]] = {
 
 
 def _check(version: str, originals: dict[str, Callable[..., object]]) -> None:
-    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if major_minor not in TESTED_VLLM:
-        tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED_VLLM)
-        raise UnsupportedVLLMError(
-            f"vLLM {version} is installed; oblivio's CPU LoRA fix (gateway/backends/vllm_cpu_lora.py) is tested with "
-            f"vLLM {tested} only. Install a tested release (./deploy/setup.sh pins one) or check the fix against this one"
-        )
+    check_tested(version, "oblivio's CPU LoRA fix (gateway/backends/vllm_cpu_lora.py)")
     for name, ours in _REPLACEMENTS.items():
         theirs = list(inspect.signature(originals[name]).parameters)
         if theirs != list(inspect.signature(ours).parameters):
