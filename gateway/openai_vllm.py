@@ -252,7 +252,8 @@ class DecisionStamp:
     """Wraps ``send`` for one gated request that vLLM answers: adds the decision headers and
     the ``oblivio`` field (the first event of a stream, or the JSON body), and renames the
     variant's opaque name to the served one. A JSON body is held until complete (its length
-    changes); a stream passes event by event."""
+    changes); a stream passes event by event, and its first event calls ``on_first_body``
+    (time to first token)."""
 
     def __init__(self, send: Send, outcome: GateOutcome, alias: str | None, served_name: str,
                  on_first_body: Callable[[], None]) -> None:
@@ -288,7 +289,6 @@ class DecisionStamp:
         self._buffer.extend(body)
         if message.get("more_body", False):
             return
-        self._first_body()
         patched = self._stamp_json(self._renamed(bytes(self._buffer)))
         assert self._start is not None
         self._start["headers"].append((b"content-length", str(len(patched)).encode()))

@@ -19,12 +19,20 @@ CHAT = "chat-key-0123456789abcdef"
 METRICS = "metrics-token-0123456789abcdef"
 
 
+@pytest.fixture(scope="module", params=["reference", "vllm"])
+def front_door(request: pytest.FixtureRequest) -> str:
+    """Both HTTP front doors: the hand-written one (reference backend) and vLLM's behind the gate."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-async def authed_http(model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def authed_http(front_door: str, model_path: Path, reference_backend: Any, vllm_backend: Any,
+                      tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    backend = vllm_backend if front_door == "vllm" else reference_backend
     config = serving_config(model_path, tmp_path_factory.mktemp("authed_home"),
                             **{"auth.admin_tokens": [ADMIN], "auth.chat_api_keys": [CHAT],
-                               "auth.metrics_tokens": [METRICS]})
-    async with started_gateway(config, reference_backend) as gateway:
+                               "auth.metrics_tokens": [METRICS], "engine.backend": front_door})
+    async with started_gateway(config, backend) as gateway:
         async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as client:
             yield client
 
@@ -63,3 +71,15 @@ async def test_a_metrics_token_opens_nothing_else(authed_http: httpx.AsyncClient
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     response = await authed_http.post("/v1/chat/completions", json=body, headers=_bearer(METRICS))
     assert response.status_code == 403 and "may not use chat" in response.json()["error"]["message"]
+
+
+async def test_every_route_to_vllm_needs_a_chat_key(authed_http: httpx.AsyncClient, front_door: str) -> None:
+    if front_door != "vllm":
+        pytest.skip("text completions and tokenize are vLLM's front door's")
+    for path, body in [("/v1/completions", {"prompt": "Hi", "max_tokens": 1}), ("/tokenize", {"prompt": "Hi"}),
+                       ("/v1/models", None)]:
+        response = await (authed_http.get(path) if body is None else authed_http.post(path, json=body))
+        assert response.status_code == 401, path
+        with_key = await (authed_http.get(path, headers=_bearer(CHAT)) if body is None
+                          else authed_http.post(path, json=body, headers=_bearer(CHAT)))
+        assert with_key.status_code == 200, path

@@ -162,3 +162,12 @@ async def test_abandoned_request_is_aborted_within_a_second(vllm_gated_gateway: 
         await asyncio.sleep(0.02)
     assert backend.num_unfinished_requests() == 0
     assert time.monotonic() - gone_at < 1.0
+
+
+async def test_metrics_count_what_the_front_door_served(http: httpx.AsyncClient) -> None:
+    """Decisions, finished requests and time to first token are recorded for vLLM-served calls too."""
+    await http.post("/v1/completions", json={"prompt": "Colours: red, green,", "max_tokens": 2, "stream": True})
+    text = (await http.get("/metrics")).text
+    assert 'oblivio_requests_total{code="ok",endpoint="http.completions"}' in text
+    assert 'oblivio_gate_decisions_total{decision="base"}' in text
+    assert 'oblivio_time_to_first_token_seconds_count{endpoint="http.completions"}' in text
