@@ -146,12 +146,15 @@ class FeatureExtractor:
         projection_seed: int = 0,
         threads: int | None = None,
         batch_size: int = 16,
+        device: str = "cpu",
     ) -> "FeatureExtractor":
         """Load the base model truncated to ``max(layers)`` decoder layers (the rest is deleted).
 
         ``layers`` index ``hidden_states`` (0 = embeddings, L = output of decoder layer L).
         ``threads`` sets torch's intra-op threads; this is process-wide, so it is only applied
-        when given (the server passes ``config.detector.threads``).
+        when given (the server passes ``config.detector.threads``). ``device``: where the forward
+        runs (``"auto"``: a CUDA GPU when there is one); features are the same either way, up to
+        float rounding, so stored sets stay valid when a server moves between machines.
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -174,6 +177,7 @@ class FeatureExtractor:
         base.norm = torch.nn.Identity()  # the final norm belongs to the last real layer, not ours
         base.eval()
         base.requires_grad_(False)
+        base.to(resolve_device(device))
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         identity = _model_identity(model_path)
         return cls(
@@ -282,10 +286,13 @@ class FeatureExtractor:
             for r, s in enumerate(seqs):  # right padding; the causal mask keeps real tokens clean
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            device = self.model.device
+            hidden = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                output_hidden_states=True).hidden_states
+            kept = {l: hidden[l].float().cpu() for l in self.layers}
             for r, i in enumerate(chunk):
                 n = len(windows[i])
-                results[i] = {l: hidden[l][r, npre : npre + n].float().numpy() for l in self.layers}
+                results[i] = {l: kept[l][r, npre : npre + n].numpy() for l in self.layers}
         return {l: [results[source[i]][l][: len(w)] for i, w in enumerate(windows)] for l in self.layers}
 
     def _ensure_stats(self) -> None:
@@ -394,6 +401,16 @@ class FeatureExtractor:
             self._ensure_stats()
         other._stats = self._stats  # same standardisation; the background is re-run lazily
         return other
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` is CUDA when torch sees a GPU (the detector then stays off the CPU cores that
+    tokenization and the server's event loop need), else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"detector device must be auto, cpu, cuda or cuda:N (got {device!r})")
+    return device
 
 
 def _covering_windows(windows: Sequence[Sequence[int]]) -> list[int]:

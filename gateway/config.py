@@ -112,6 +112,10 @@ class DetectorConfig(_Section):
     layers: tuple[int, ...] = Field(default=(4, 6, 8, 10, 12), min_length=1)
     max_prompt_tokens: int = Field(default=512, ge=8)
     threads: int = Field(default=1, ge=1, description="torch intra-op threads (process-wide)")
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="where chat scoring's forward runs: auto = a CUDA GPU when there is one, else the CPU",
+    )
     fit_threads: int = Field(
         default=1, ge=1,
         description="torch threads of the child process that fits a registered set's detector (chat scoring "

@@ -56,6 +56,7 @@ def build_feature_extractor(config: OblivioConfig) -> FeatureExtractor:
         max_prompt_tokens=config.detector.max_prompt_tokens,
         projection_seed=config.detector.projection_seed,
         threads=config.detector.threads,
+        device=config.detector.device,
     )
 
 

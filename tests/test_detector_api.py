@@ -172,3 +172,14 @@ def test_concurrent_add_remove_while_scoring(detector_extractor: Any, two_fitted
     thread.join()
     assert not errors, errors
     assert all("p0" in s for r in results for s in r)
+
+
+def test_detector_device_auto_is_the_cpu_without_a_gpu_and_bad_names_are_refused() -> None:
+    import torch
+
+    from oblivio.detector.features import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match="detector device must be"):
+        resolve_device("tpu")
