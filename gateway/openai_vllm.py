@@ -70,6 +70,8 @@ READ_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/version"})
 # Keys of a chat message or tool definition that hold structure, not text the model reads.
 STRUCTURAL_KEYS = frozenset({"role", "type", "id", "tool_call_id", "index"})
 REFUSAL_FINISH = "content_filter"
+# Chat request fields besides messages whose text a chat template can put into the prompt.
+TEMPLATE_TEXT_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
 
 def vllm_serving_flags(model_path: str, served_name: str, max_model_len: int) -> list[str]:
@@ -123,8 +125,9 @@ def _strings(value: Any) -> Iterator[str]:
 
 def chat_scored_texts(body: dict[str, Any]) -> list[str]:
     """The one text a chat request is scored on: every message's text (content, content parts,
-    tool-call names and arguments) of every role, then the tool definitions. For a plain
-    conversation this is exactly what gRPC Chat scores (contents joined by newlines)."""
+    tool-call names and arguments) of every role, then whatever else the chat template may
+    render (tool definitions, documents, template arguments). For a plain conversation this is
+    exactly what gRPC Chat scores (contents joined by newlines)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestFieldError("messages must be a non-empty list of message objects", param="messages")
@@ -132,7 +135,8 @@ def chat_scored_texts(body: dict[str, Any]) -> list[str]:
         if not isinstance(message, dict):
             raise RequestFieldError(f"messages[{index}] must be an object", param=f"messages[{index}]")
     pieces = [text for text in _strings(messages) if text.strip()]
-    pieces += [text for text in _strings(body.get("tools") or []) if text.strip()]
+    for field in TEMPLATE_TEXT_FIELDS:
+        pieces += [text for text in _strings(body.get(field) or []) if text.strip()]
     return ["\n".join(pieces)]
 
 
