@@ -84,6 +84,11 @@ def vllm_serving_flags(model_path: str, served_name: str, max_model_len: int) ->
         "--enable-lora",
         # X-Request-Id: the client's id becomes the request's id and is echoed back.
         "--enable-request-id-headers",
+        # Tools: vLLM refuses tool_choice "required" and named functions without a parser. The
+        # pythonic parser keeps vLLM's generic path for those (JSON constrained by the tools'
+        # schemas, which any model can produce); "auto" then works where the chat template
+        # knows tools, and otherwise the model answers in text.
+        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
         "--disable-log-stats",
         "--disable-fastapi-docs",
     ]
