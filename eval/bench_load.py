@@ -15,7 +15,7 @@ own gateway over the reference backend, or vLLM with --backend)::
     python -m oblivio.eval.bench_load                         # 64 streams, 32 tokens
     python -m oblivio.eval.bench_load --streams 128 --max-tokens 64 --backend vllm
 
-It writes ``eval/reports/load.md`` and ``load.json``. tests/test_load.py runs the same code at CI
+It writes ``eval/reports/load_<backend>.md`` and ``.json``. tests/test_load.py runs the same code at CI
 size against the test gateway.
 """
 
@@ -293,9 +293,9 @@ async def _main(args: argparse.Namespace) -> int:
         finally:
             await gateway.stop(grace=1)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORT_DIR / "load.json").write_text(json.dumps(asdict(report), indent=2))
+    (REPORT_DIR / f"load_{args.backend}.json").write_text(json.dumps(asdict(report), indent=2))
     markdown = render_markdown(report, args.backend, " ".join(["python -m oblivio.eval.bench_load", *args.argv]))
-    (REPORT_DIR / "load.md").write_text(markdown)
+    (REPORT_DIR / f"load_{args.backend}.md").write_text(markdown)
     print(markdown)
     return 0 if report.clean else 1
 
