@@ -17,4 +17,4 @@ def model_path() -> Path:
     return fetch_default_model(default_model_path())
 
 # Each area keeps its shared fixtures in its own plugin module beside this file.
-pytest_plugins: list[str] = ["fixtures_backends", "fixtures_serving", "fixtures_gate", "fixtures_registration", "fixtures_detector", "fixtures_reliability", "fixtures_postgres"]
+pytest_plugins: list[str] = ["fixtures_backends", "fixtures_serving", "fixtures_gate", "fixtures_registration", "fixtures_detector", "fixtures_reliability", "fixtures_postgres", "fixtures_openai_port"]
