@@ -163,7 +163,9 @@ async def test_cancelled_requests_stop_using_the_engine(port_server: PortServer)
 
 
 @pytest.mark.parametrize("add_special", [False, True])
-async def test_tokenize_a_completion_prompt(port_http: httpx.AsyncClient, port_server: PortServer, port_tokenizer: Any, add_special: bool) -> None:
+async def test_tokenize_a_completion_prompt(
+    port_http: httpx.AsyncClient, port_server: PortServer, port_tokenizer: Any, add_special: bool
+) -> None:
     expected = port_tokenizer.encode(TOKENIZE_PROMPT, add_special_tokens=add_special)
     response = await port_http.post(
         "/tokenize", json={"model": port_server.model, "prompt": TOKENIZE_PROMPT, "add_special_tokens": add_special}

@@ -122,7 +122,9 @@ async def test_chat_streaming_matches_non_streaming(port_client: openai.AsyncOpe
 
 
 async def test_stream_without_usage(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
-    chunks = await stream_chunks(port_client, port_server, max_completion_tokens=10, temperature=0.0, stream_options={"include_usage": False})
+    chunks = await stream_chunks(
+        port_client, port_server, max_completion_tokens=10, temperature=0.0, stream_options={"include_usage": False}
+    )
     assert chunks and all(chunk.usage is None for chunk in chunks)
 
 
@@ -176,7 +178,8 @@ async def test_text_parts_read_like_a_string(port_client: openai.AsyncOpenAI, po
     text = "what is 1+1? please provide the result without any other text."
     as_parts = await chat(port_client, port_server, messages=[{"role": "user", "content": [{"type": "text", "text": text}]}],
                           temperature=0, seed=0, max_completion_tokens=10)
-    as_string = await chat(port_client, port_server, messages=[{"role": "user", "content": text}], temperature=0, seed=0, max_completion_tokens=10)
+    as_string = await chat(port_client, port_server, messages=[{"role": "user", "content": text}],
+                           temperature=0, seed=0, max_completion_tokens=10)
     assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens
     assert as_parts.choices[0].message.content == as_string.choices[0].message.content
 
@@ -184,7 +187,8 @@ async def test_text_parts_read_like_a_string(port_client: openai.AsyncOpenAI, po
 async def test_custom_role(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
     plain = await chat(port_client, port_server, messages=[{"role": "my-custom-role", "content": "what is 1+1?"}],
                        temperature=0, seed=0, max_completion_tokens=10)
-    parts = await chat(port_client, port_server, messages=[{"role": "my-custom-role", "content": [{"type": "text", "text": "what is 1+1?"}]}],
+    as_parts = [{"type": "text", "text": "what is 1+1?"}]
+    parts = await chat(port_client, port_server, messages=[{"role": "my-custom-role", "content": as_parts}],
                        temperature=0, seed=0, max_completion_tokens=10)
     assert plain.choices[0].message.content == parts.choices[0].message.content
 
@@ -199,7 +203,8 @@ async def test_developer_role(port_client: openai.AsyncOpenAI, port_server: Port
 @pytest.mark.parametrize("seed", [INT64_MIN - 1, INT64_MAX + 1])
 async def test_seed_outside_int64_is_400(port_client: openai.AsyncOpenAI, port_server: PortServer, seed: int) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await chat(port_client, port_server, messages=[{"role": "system", "content": "You are a helpful assistant."}], temperature=0, seed=seed)
+        await chat(port_client, port_server, messages=[{"role": "system", "content": "You are a helpful assistant."}],
+                   temperature=0, seed=seed)
     assert "greater_than_equal" in caught.value.message or "less_than_equal" in caught.value.message
 
 
@@ -213,7 +218,8 @@ async def test_same_seed_same_sample(port_client: openai.AsyncOpenAI, port_serve
 
 async def test_n_without_streaming(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
     completion = await chat(port_client, port_server, n=3, temperature=0.7, max_completion_tokens=20,
-                            messages=[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the opposite of big?"}])
+                            messages=[{"role": "system", "content": "You are a helpful assistant."},
+                                      {"role": "user", "content": "What is the opposite of big?"}])
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     contents = [choice.message.content for choice in completion.choices]
     assert all(contents)
@@ -222,7 +228,7 @@ async def test_n_without_streaming(port_client: openai.AsyncOpenAI, port_server:
 
 async def test_n_streaming(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
     chunks = await stream_chunks(port_client, port_server, n=2, temperature=0.7, max_completion_tokens=15,
-                                 messages=[{"role": "user", "content": "What is the capital of Japan?"}])
+                                 messages=[{"role": "user", "content": "Name a colour of the rainbow."}])
     parts: dict[int, list[str]] = defaultdict(list)
     for chunk in chunks:
         for choice in chunk.choices:
@@ -240,6 +246,7 @@ async def test_n_with_seed(port_client: openai.AsyncOpenAI, port_server: PortSer
 
 
 async def test_n_equals_one(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
-    completion = await chat(port_client, port_server, n=1, temperature=0.7, max_completion_tokens=10, messages=[{"role": "user", "content": "Hello!"}])
+    completion = await chat(port_client, port_server, n=1, temperature=0.7, max_completion_tokens=10,
+                            messages=[{"role": "user", "content": "Hello!"}])
     assert len(completion.choices) == 1 and completion.choices[0].index == 0
     assert completion.choices[0].message.content is not None

@@ -93,7 +93,9 @@ async def test_structured_choice_with_logprobs(port_client: openai.AsyncOpenAI, 
         pytest.param({"grammar": ""}, id="empty-grammar"),
     ],
 )
-async def test_invalid_structured_outputs_are_rejected(port_client: openai.AsyncOpenAI, port_server: PortServer, constraint: dict[str, Any]) -> None:
+async def test_invalid_structured_outputs_are_rejected(
+    port_client: openai.AsyncOpenAI, port_server: PortServer, constraint: dict[str, Any]
+) -> None:
     with pytest.raises((openai.BadRequestError, openai.APIError)):
         await chat(port_client, port_server, messages=[{"role": "user", "content": "Say hello"}], max_completion_tokens=20,
                    extra_body={"structured_outputs": constraint})
@@ -149,9 +151,8 @@ async def test_parse_into_a_pydantic_model(port_client: openai.AsyncOpenAI, port
 
 
 async def test_logit_bias_in_vocabulary(port_client: openai.AsyncOpenAI, port_server: PortServer, port_vocab_size: int) -> None:
-    size = port_vocab_size
     completion = await chat(port_client, port_server, messages=[{"role": "user", "content": "Testing valid logit bias"}],
-                            max_tokens=5, logit_bias={str(size - 1): 1.0})
+                            max_tokens=5, logit_bias={str(port_vocab_size - 1): 1.0})
     assert completion.choices[0].message.content is not None
 
 
@@ -165,24 +166,26 @@ async def test_logit_bias_outside_vocabulary_is_400(port_client: openai.AsyncOpe
     assert str(size + 1) in str(caught.value) and str(size) in str(caught.value)
 
 
-async def test_logit_bias_forces_and_bans_tokens(port_client: openai.AsyncOpenAI, port_server: PortServer, port_tokenizer: Any) -> None:
+async def test_logit_bias_forces_and_bans_tokens(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
     """+100 makes one token the only choice; -100 on the greedy first token moves it away."""
-    forced = await chat(port_client, port_server, max_tokens=5, temperature=0.0, logit_bias={"1000": 100}, extra_body={"return_token_ids": True})
+    with_ids = {"return_token_ids": True}
+    forced = await chat(port_client, port_server, max_tokens=5, temperature=0.0, logit_bias={"1000": 100}, extra_body=with_ids)
     assert forced.choices[0].token_ids == [1000] * 5
-    greedy = await chat(port_client, port_server, max_tokens=5, temperature=0.0, extra_body={"return_token_ids": True})
+    greedy = await chat(port_client, port_server, max_tokens=5, temperature=0.0, extra_body=with_ids)
     first = greedy.choices[0].token_ids[0]
-    banned = await chat(port_client, port_server, max_tokens=5, temperature=0.0, logit_bias={str(first): -100}, extra_body={"return_token_ids": True})
+    banned = await chat(port_client, port_server, max_tokens=5, temperature=0.0, logit_bias={str(first): -100}, extra_body=with_ids)
     assert banned.choices[0].token_ids[0] != first
 
 
 async def test_stop_token_ids_in_vocabulary(port_client: openai.AsyncOpenAI, port_server: PortServer, port_vocab_size: int) -> None:
-    size = port_vocab_size
     completion = await chat(port_client, port_server, messages=[{"role": "user", "content": "Testing valid stop token ids"}],
-                            max_tokens=5, extra_body={"stop_token_ids": [size - 1]})
+                            max_tokens=5, extra_body={"stop_token_ids": [port_vocab_size - 1]})
     assert completion.choices[0].message.content is not None
 
 
-async def test_stop_token_ids_outside_vocabulary_are_400(port_client: openai.AsyncOpenAI, port_server: PortServer, port_vocab_size: int) -> None:
+async def test_stop_token_ids_outside_vocabulary_are_400(
+    port_client: openai.AsyncOpenAI, port_server: PortServer, port_vocab_size: int
+) -> None:
     size = port_vocab_size
     with pytest.raises(openai.BadRequestError) as caught:
         await chat(port_client, port_server, messages=[{"role": "user", "content": "Testing stop token ids"}],
@@ -259,7 +262,10 @@ async def test_echo_with_continue_final_message(port_client: openai.AsyncOpenAI,
 
 
 async def test_return_token_ids(port_client: openai.AsyncOpenAI, port_server: PortServer, port_tokenizer: Any) -> None:
-    messages = [{"role": "system", "content": "You like to use emojis in your responses."}, {"role": "user", "content": "Repeat after me: I love cats 🐱"}]
+    messages = [
+        {"role": "system", "content": "You like to use emojis in your responses."},
+        {"role": "user", "content": "Repeat after me: I love cats 🐱"},
+    ]
     completion = await chat(port_client, port_server, messages=messages, max_tokens=20, temperature=0, logprobs=True,
                             extra_body={"return_token_ids": True})
     prompt = port_tokenizer.decode(completion.model_extra["prompt_token_ids"])
@@ -276,7 +282,8 @@ async def test_return_token_ids_streaming(port_client: openai.AsyncOpenAI, port_
     """The first chunk carries the prompt's ids, later chunks only the new tokens' ids."""
     messages = [{"role": "user", "content": "Repeat after me: I love cats 🐱"}]
     full = await chat(port_client, port_server, messages=messages, max_tokens=20, temperature=0, extra_body={"return_token_ids": True})
-    chunks = await stream_chunks(port_client, port_server, messages=messages, max_tokens=20, temperature=0, extra_body={"return_token_ids": True})
+    chunks = await stream_chunks(port_client, port_server, messages=messages, max_tokens=20, temperature=0,
+                                 extra_body={"return_token_ids": True})
     assert chunks[0].model_extra["prompt_token_ids"] == full.model_extra["prompt_token_ids"]
     assert all(chunk.model_extra.get("prompt_token_ids") is None for chunk in chunks[1:])
     streamed_ids = [i for chunk in chunks for c in chunk.choices for i in (c.model_extra.get("token_ids") or [])]

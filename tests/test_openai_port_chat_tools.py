@@ -52,7 +52,10 @@ PARAMETERS_BY_NAME = {tool["function"]["name"]: tool["function"]["parameters"] f
 WEATHER_QUESTION = [
     {"role": "user", "content": "Hi! How are you doing today?"},
     {"role": "assistant", "content": "I'm doing well! How can I help you?"},
-    {"role": "user", "content": "Can you tell me what the current weather is in Berlin and the forecast for the next 5 days, in fahrenheit?"},
+    {
+        "role": "user",
+        "content": "Can you tell me what the current weather is in Berlin and the forecast for the next 5 days, in fahrenheit?",
+    },
 ]
 EMPLOYEE_TOOL = function_tool("dummy_function_name", "This is a dummy function", SAMPLE_JSON_SCHEMA)
 EMPLOYEE_CHOICE = {"type": "function", "function": {"name": "dummy_function_name"}}
@@ -132,7 +135,9 @@ async def test_named_tool_choice_streaming(port_client: openai.AsyncOpenAI, port
         pytest.param([EMPLOYEE_TOOL], {}, id="empty-choice"),
     ],
 )
-async def test_inconsistent_tool_choice_is_400(port_client: openai.AsyncOpenAI, port_server: PortServer, tools: Any, tool_choice: Any) -> None:
+async def test_inconsistent_tool_choice_is_400(
+    port_client: openai.AsyncOpenAI, port_server: PortServer, tools: Any, tool_choice: Any
+) -> None:
     kwargs: dict[str, Any] = {"tool_choice": tool_choice}
     if tools is not None:
         kwargs["tools"] = tools
@@ -159,7 +164,10 @@ async def test_tool_choice_none_answers_in_text(port_client: openai.AsyncOpenAI,
 
 async def test_auto_tool_choice_with_token_ids(port_client: openai.AsyncOpenAI, port_server: PortServer, port_tokenizer: Any) -> None:
     """return_token_ids works beside tools: the prompt ids decode to the conversation."""
-    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What's the weather like in Berlin?"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What's the weather like in Berlin?"},
+    ]
     completion = await chat(port_client, port_server, messages=messages, tools=TOOLS, tool_choice="auto", max_tokens=30,
                             temperature=0, logprobs=True, extra_body={"return_token_ids": True})
     prompt = port_tokenizer.decode(completion.model_extra["prompt_token_ids"])
@@ -191,6 +199,7 @@ def tool_round_trip(arguments: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("arguments", ["{}", ""], ids=["empty-object", "empty-string"])
 async def test_conversation_with_a_tool_result(port_client: openai.AsyncOpenAI, port_server: PortServer, arguments: str) -> None:
     """An assistant turn with tool_calls and null content, then a tool message, is answered."""
-    completion = await chat(port_client, port_server, messages=tool_round_trip(arguments), temperature=0.0, seed=42, max_completion_tokens=32)
+    completion = await chat(port_client, port_server, messages=tool_round_trip(arguments),
+                            temperature=0.0, seed=42, max_completion_tokens=32)
     content = completion.choices[0].message.content
     assert content is not None and content.strip()

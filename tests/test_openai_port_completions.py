@@ -140,7 +140,9 @@ async def test_prompt_logprobs(port_client: openai.AsyncOpenAI, port_server: Por
 
 @pytest.mark.parametrize("logprobs_arg", [1, 0])
 @pytest.mark.parametrize("prompt", [NAME_PROMPT, ID_PROMPT], ids=["text", "token-ids"])
-async def test_echo_with_logprobs(port_client: openai.AsyncOpenAI, port_server: PortServer, port_tokenizer: Any, logprobs_arg: int, prompt: Any) -> None:
+async def test_echo_with_logprobs(
+    port_client: openai.AsyncOpenAI, port_server: PortServer, port_tokenizer: Any, logprobs_arg: int, prompt: Any
+) -> None:
     """Echo puts the prompt before the answer; its first token has no logprob to report."""
     completion = await complete(port_client, port_server, prompt=prompt, max_tokens=5, temperature=0.0, echo=True, logprobs=logprobs_arg)
     prompt_text = port_tokenizer.decode(prompt) if isinstance(prompt, list) else prompt
@@ -169,7 +171,8 @@ async def test_text_offsets_follow_the_text(port_client: openai.AsyncOpenAI, por
 
 async def test_streaming_matches_non_streaming(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
     single = await complete(port_client, port_server, prompt=LLM_PROMPT, max_tokens=5, temperature=0.0, extra_body={"min_tokens": 5})
-    chunks = await completion_chunks(port_client, port_server, prompt=LLM_PROMPT, max_tokens=5, temperature=0.0, extra_body={"min_tokens": 5})
+    chunks = await completion_chunks(port_client, port_server, prompt=LLM_PROMPT, max_tokens=5, temperature=0.0,
+                                     extra_body={"min_tokens": 5})
     finishes = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason is not None]
     assert finishes == ["length"]
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].choices[0].text
@@ -212,7 +215,8 @@ async def test_batch_of_prompts(port_client: openai.AsyncOpenAI, port_server: Po
 @pytest.mark.parametrize("prompts", [[NAME_PROMPT] * 2, [ID_PROMPT] * 2], ids=["text", "token-ids"])
 async def test_batch_with_beam_search(port_client: openai.AsyncOpenAI, port_server: PortServer, prompts: list[Any]) -> None:
     """n=2 beams per prompt: the beams differ, and equal prompts give equal beams."""
-    batch = await complete(port_client, port_server, prompt=prompts, n=2, max_tokens=5, temperature=0.0, extra_body={"use_beam_search": True})
+    batch = await complete(port_client, port_server, prompt=prompts, n=2, max_tokens=5, temperature=0.0,
+                           extra_body={"use_beam_search": True})
     texts = [choice.text for choice in batch.choices]
     assert len(texts) == 4
     assert texts[0] != texts[1]
@@ -232,7 +236,10 @@ async def test_batch_streaming(port_client: openai.AsyncOpenAI, port_server: Por
 # ---- stream_options ----
 
 
-@pytest.mark.parametrize("options", [{"include_usage": False, "continuous_usage_stats": False}, {"include_usage": False, "continuous_usage_stats": True}, {}])
+@pytest.mark.parametrize(
+    "options",
+    [{"include_usage": False, "continuous_usage_stats": False}, {"include_usage": False, "continuous_usage_stats": True}, {}],
+)
 async def test_stream_without_usage(port_client: openai.AsyncOpenAI, port_server: PortServer, options: dict[str, Any]) -> None:
     """Without include_usage no chunk has usage, whatever continuous_usage_stats says."""
     chunks = await completion_chunks(port_client, port_server, prompt=LLM_PROMPT, max_tokens=5, temperature=0.0, stream_options=options)
@@ -309,7 +316,8 @@ async def test_stop_string(port_client: openai.AsyncOpenAI, port_server: PortSer
 
 
 async def test_ignore_eos_runs_to_max_tokens(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
-    completion = await complete(port_client, port_server, prompt="The end.", max_tokens=40, temperature=0.0, extra_body={"ignore_eos": True})
+    completion = await complete(port_client, port_server, prompt="The end.", max_tokens=40, temperature=0.0,
+                                extra_body={"ignore_eos": True})
     assert completion.usage.completion_tokens == 40
     assert completion.choices[0].finish_reason == "length"
 
@@ -366,7 +374,8 @@ async def test_token_ids_streaming(port_client: openai.AsyncOpenAI, port_server:
 
 
 async def test_structured_json(port_client: openai.AsyncOpenAI, port_server: PortServer) -> None:
-    completion = await complete(port_client, port_server, prompt=f"Give an example JSON for an employee profile that fits this schema: {SAMPLE_JSON_SCHEMA}",
+    prompt = f"Give an example JSON for an employee profile that fits this schema: {SAMPLE_JSON_SCHEMA}"
+    completion = await complete(port_client, port_server, prompt=prompt,
                                 max_tokens=300, temperature=0.0, extra_body={"structured_outputs": {"json": SAMPLE_JSON_SCHEMA}})
     jsonschema.validate(instance=json.loads(completion.choices[0].text), schema=SAMPLE_JSON_SCHEMA)
 
@@ -398,7 +407,9 @@ async def test_structured_grammar(port_client: openai.AsyncOpenAI, port_server: 
         pytest.param({"grammar": SQL_GRAMMAR.replace("root ::= select_statement", "root ::= select_statementinvalid")}, id="grammar"),
     ],
 )
-async def test_invalid_structured_outputs_are_rejected(port_client: openai.AsyncOpenAI, port_server: PortServer, constraint: dict[str, Any]) -> None:
+async def test_invalid_structured_outputs_are_rejected(
+    port_client: openai.AsyncOpenAI, port_server: PortServer, constraint: dict[str, Any]
+) -> None:
     with pytest.raises((openai.BadRequestError, openai.APIError)):
         await complete(port_client, port_server, prompt="Generate a JSON with the brand and model of a car", max_tokens=20,
                        extra_body={"structured_outputs": constraint})
