@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from oblivio.gateway.errors import InvalidArgument
+
 MAX_TEXT_CHARS = 8_000  # hard cap on one question, answer or text (ForgetExample enforces it)
 DEFAULT_MAX_EXAMPLES = 2_000
 DEFAULT_MAX_EXAMPLE_CHARS = 2_000
@@ -25,8 +27,9 @@ DEFAULT_MAX_TOTAL_TOKENS = 75_000
 _SHOWN_CHARS = 40  # how much of an offending example an error message quotes
 
 
-class RegistrationLimitError(ValueError):
-    """A forget set exceeds a configured bound (a client error: INVALID_ARGUMENT)."""
+class RegistrationLimitError(InvalidArgument):
+    """A forget set exceeds a configured bound: the client's to fix, so not RESOURCE_EXHAUSTED
+    (that would invite retrying the same set)."""
 
 
 @dataclass(frozen=True)

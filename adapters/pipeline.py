@@ -58,12 +58,14 @@ from oblivio.adapters.detector_fit import extractor_settings
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.limits import RegistrationLimits
 from oblivio.adapters.precision import PRECISION_FIELD, TRAINING_DTYPE
-from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State, UnknownForgetSetError
+from oblivio.adapters.forget_set import UnknownForgetSetError, validate_name
+from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State
 from oblivio.adapters.registry_factory import open_registry
-from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes, validate_name
+from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
 from oblivio.gateway.config import RegistryConfig
 from oblivio.gateway.enforcement import EnforcementGuard
+from oblivio.gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -392,27 +394,27 @@ class RegistrationPipeline:
     ) -> ForgetSetRecord:
         """Accept a set (cheap checks only) and start its job; returns at once (VALIDATING).
 
-        Raises ValueError for bad input and ForgetSetExistsError for a taken name.
+        Raises InvalidArgument for bad input and ForgetSetExistsError for a taken name.
         """
         if self._closed:
             raise RuntimeError("registration pipeline is shut down")
         validate_name(name)
         if method not in METHODS:
-            raise ValueError(f"unknown training method {method!r}; choose one of {METHODS}")
+            raise InvalidArgument(f"unknown training method {method!r}; choose one of {METHODS}")
         if len(description) > MAX_DESCRIPTION:
-            raise ValueError(f"description longer than {MAX_DESCRIPTION} characters")
+            raise InvalidArgument(f"description longer than {MAX_DESCRIPTION} characters")
         subjects = [str(s).strip() for s in subjects if str(s).strip()]
         if len(subjects) > MAX_SUBJECTS:
-            raise ValueError(f"at most {MAX_SUBJECTS} subjects")
+            raise InvalidArgument(f"at most {MAX_SUBJECTS} subjects")
         self.limits.check(examples)
         items = [ex if isinstance(ex, ForgetExample) else ForgetExample.from_mapping(ex) for ex in examples]
         if not items:
-            raise ValueError("a forget set needs at least one example")
+            raise InvalidArgument("a forget set needs at least one example")
         if self.detector is not None:  # the token bound is the fit's: a gateway without a detector fits nothing
             await asyncio.to_thread(self.limits.check_tokens, [ex.detector_texts() for ex in items], self._count_tokens)
         self._validate_examples(items)
         if method != "refusal" and all(ex.as_pair(method)[1] is None for ex in items):
-            raise ValueError(f"method {method!r} needs question/answer pairs or texts of at least 4 words")
+            raise InvalidArgument(f"method {method!r} needs question/answer pairs or texts of at least 4 words")
         try:
             self.registry.get(name)
         except UnknownForgetSetError:
@@ -711,7 +713,7 @@ class RegistrationPipeline:
         """Checks that need the whole set (each example was validated when it was parsed)."""
         distinct = {(ex.question.strip().lower(), ex.answer.strip().lower(), ex.text.strip().lower()) for ex in examples}
         if len(distinct) < 2:
-            raise ValueError("a forget set needs at least 2 distinct examples (the detector calibrates on held-out ones)")
+            raise InvalidArgument("a forget set needs at least 2 distinct examples (the detector calibrates on held-out ones)")
 
     async def _fit_detector(self, name: str, record: ForgetSetRecord) -> None:
         """Fit in a child process (see ``oblivio.adapters.detector_fit``), publish its folder,

@@ -36,7 +36,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from oblivio.adapters.store import validate_name
+from oblivio.adapters.forget_set import UnknownForgetSetError, validate_name
+from oblivio.gateway.errors import AlreadyExists, NotFound, Unavailable
 
 
 class State(str, enum.Enum):
@@ -77,16 +78,12 @@ ALLOWED[State.FAILED] = frozenset({State.FAILED, State.DELETING})
 ALLOWED[State.DELETING] = frozenset({State.DELETING})
 
 
-class ForgetSetExistsError(FileExistsError):
-    """A set with this name is already registered (gRPC ALREADY_EXISTS)."""
+class ForgetSetExistsError(AlreadyExists):
+    """A set with this name is already registered."""
 
 
-class UnknownForgetSetError(LookupError):
-    """No set with this name (gRPC NOT_FOUND)."""
-
-
-class UnknownJobError(LookupError):
-    """No registration job with this id (gRPC NOT_FOUND)."""
+class UnknownJobError(NotFound):
+    """No registration job with this id."""
 
 
 class RegistryStateError(RuntimeError):
@@ -136,9 +133,10 @@ class JobRecord:
         return not self.owner or self.lease_until <= (time.time() if now is None else now)
 
 
-class RegistryUnavailableError(ConnectionError):
+class RegistryUnavailableError(Unavailable, ConnectionError):
     """The registry's database cannot be reached right now (a network database restarting or
-    unreachable); the call may be retried (gRPC UNAVAILABLE)."""
+    unreachable); the call may be retried. A ConnectionError too, so that start-up reports it
+    in one line like any other unreachable service."""
 
 
 def unusable_registry(location: str, cause: object, advice: str) -> RegistryStateError:

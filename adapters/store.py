@@ -29,20 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+from oblivio.adapters.forget_set import NAME_PATTERN, validate_name
+
 KINDS = ("adapter", "detector")
 _VERSION = re.compile(r"^v(\d{6})$")
 CURRENT = "CURRENT"
-
-
-def validate_name(name: str) -> str:
-    """Forget-set names double as adapter names and folder names: keep them boring."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(
-            f"invalid forget set name {name!r}: use 1-63 characters of a-z, 0-9, '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def _check_kind(kind: str) -> str:

@@ -34,6 +34,7 @@ from oblivio.adapters.losses import (
 )
 from oblivio.adapters.orthogonality import live_lora_a, load_lora_a, orthogonalise_init, overlaps
 from oblivio.adapters.precision import TRAINING_DTYPE
+from oblivio.gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,18 @@ class ForgetExample:
         has_qa = bool(self.question.strip())
         has_text = bool(self.text.strip())
         if has_qa == has_text:
-            raise ValueError("a forget example is either a question (with optional answer) or a plain text")
+            raise InvalidArgument("a forget example is either a question (with optional answer) or a plain text")
         if self.answer.strip() and not has_qa:
-            raise ValueError("an answer needs a question")
+            raise InvalidArgument("an answer needs a question")
         for part in (self.question, self.answer, self.text):
             if len(part) > MAX_TEXT_CHARS:
-                raise ValueError(f"forget example longer than {MAX_TEXT_CHARS} characters")
+                raise InvalidArgument(f"forget example longer than {MAX_TEXT_CHARS} characters")
 
     @classmethod
     def from_mapping(cls, item: Mapping[str, Any]) -> "ForgetExample":
         unknown = set(item) - {"question", "answer", "text"}
         if unknown:
-            raise ValueError(f"unknown forget example fields: {sorted(unknown)}")
+            raise InvalidArgument(f"unknown forget example fields: {sorted(unknown)}")
         return cls(
             question=str(item.get("question") or ""),
             answer=str(item.get("answer") or ""),

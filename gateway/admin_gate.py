@@ -1,9 +1,8 @@
 """The gate half of the Admin gRPC service: live policy tuning, explain, calibration.
 
 Mixed into ``oblivio.gateway.admin_service.AdminServicer`` (which provides ``self.runtime``).
-Why the error mapping lives here as well as in the server's interceptor: these methods must
-answer INVALID_ARGUMENT / NOT_FOUND with an actionable message even when served without that
-interceptor (tests, embedding), and the interceptor passes an explicit abort through unchanged.
+Errors are members of :mod:`oblivio.gateway.errors`' family, turned into status codes by the
+server's interceptor.
 
 Blocking work (fsync'ed policy writes, detector forwards, plotting) runs in worker threads so
 the event loop keeps serving chat traffic while an operator tunes the gate.
@@ -12,16 +11,16 @@ the event loop keeps serving chat traffic while an operator tunes the gate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.gateway.calibration import (
     CalibrationError,
     CalibrationTarget,
@@ -29,8 +28,8 @@ from oblivio.gateway.calibration import (
     apply_suggested_threshold,
     calibrate,
 )
+from oblivio.gateway.errors import FailedPrecondition, InvalidArgument
 from oblivio.gateway.gate import GatePolicy, PolicyValidationError, SetPolicy
-from oblivio.gateway.policy_store import UnknownForgetSetError, UnknownPolicyVersionError
 from oblivio.gateway.proto_convert import explain_to_proto, messages_from_proto
 from oblivio.v1 import oblivio_pb2 as pb
 
@@ -54,10 +53,8 @@ ON_ERROR_TO_PROTO = {
 ON_ERROR_FROM_PROTO = {value: key for key, value in ON_ERROR_TO_PROTO.items()}
 
 
-class NoDetectorError(RuntimeError):
+class NoDetectorError(FailedPrecondition):
     """The gateway runs without a detector; calibration has nothing to score with."""
-
-    grpc_status_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 # ---- conversions --------------------------------------------------------------------------
@@ -126,29 +123,6 @@ def _target_from_proto(request: pb.CalibrationReportRequest) -> CalibrationTarge
     return CalibrationTarget()
 
 
-# ---- error mapping -------------------------------------------------------------------------
-_INVALID = (PolicyValidationError, CalibrationError)
-_NOT_FOUND = (UnknownForgetSetError, UnknownPolicyVersionError)
-
-
-def _message(exc: BaseException) -> str:
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
-@contextlib.asynccontextmanager
-async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    try:
-        yield
-    except _INVALID as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(exc))
-    except _NOT_FOUND as exc:
-        await context.abort(grpc.StatusCode.NOT_FOUND, _message(exc))
-    except NoDetectorError as exc:
-        await context.abort(NoDetectorError.grpc_status_code, str(exc))
-    except ValueError as exc:  # e.g. the chat core's ChatInputError for bad conversations
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-
 class GateAdminMixin:
     """GetGatePolicy, UpdateGatePolicy, RollbackGatePolicy, ListGatePolicyVersions, Explain,
     ExplainBatch and CalibrationReport over ``self.runtime``."""
@@ -157,27 +131,24 @@ class GateAdminMixin:
 
     # ---- policy ---------------------------------------------------------------------------
     async def GetGatePolicy(self, request: pb.GetGatePolicyRequest, context: grpc.aio.ServicerContext) -> pb.GatePolicy:
-        async with _mapped(context):
-            store = self.runtime.policy_store
-            policy = store.get_version(request.version) if request.HasField("version") else store.current()
-            return policy_to_proto(policy)
+        store = self.runtime.policy_store
+        policy = store.get_version(request.version) if request.HasField("version") else store.current()
+        return policy_to_proto(policy)
 
     async def UpdateGatePolicy(
         self, request: pb.UpdateGatePolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.GatePolicy:
-        async with _mapped(context):
-            changes = changes_from_proto(request.changes)
-            policy = await asyncio.to_thread(self.runtime.policy_store.update, request.forget_set or None, changes)
-            self._note_version(policy)
-            return policy_to_proto(policy)
+        changes = changes_from_proto(request.changes)
+        policy = await asyncio.to_thread(self.runtime.policy_store.update, request.forget_set or None, changes)
+        self._note_version(policy)
+        return policy_to_proto(policy)
 
     async def RollbackGatePolicy(
         self, request: pb.RollbackGatePolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.GatePolicy:
-        async with _mapped(context):
-            policy = await asyncio.to_thread(self.runtime.policy_store.rollback, request.version)
-            self._note_version(policy)
-            return policy_to_proto(policy)
+        policy = await asyncio.to_thread(self.runtime.policy_store.rollback, request.version)
+        self._note_version(policy)
+        return policy_to_proto(policy)
 
     async def ListGatePolicyVersions(
         self, request: pb.ListGatePolicyVersionsRequest, context: grpc.aio.ServicerContext
@@ -194,40 +165,38 @@ class GateAdminMixin:
 
     # ---- explain ----------------------------------------------------------------------------
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
-        async with _mapped(context):
-            policy = self._policy_for(request.proposed_changes)
-            outcome = await self.runtime.chat.evaluate(messages_from_proto(request.messages), policy)
-            return explain_to_proto(outcome)
+        policy = self._policy_for(request.proposed_changes)
+        outcome = await self.runtime.chat.evaluate(messages_from_proto(request.messages), policy)
+        return explain_to_proto(outcome)
 
     async def ExplainBatch(
         self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainBatchResponse:
-        async with _mapped(context):
-            count = len(request.conversations)
-            if count == 0:
-                raise PolicyValidationError("conversations must not be empty")
-            if count > MAX_EXPLAIN_BATCH:
-                raise PolicyValidationError(
-                    f"at most {MAX_EXPLAIN_BATCH} conversations per ExplainBatch call (got {count}); split the file"
-                )
-            # One policy object for the whole batch: every row is explained under the same version.
-            policy = self._policy_for(request.proposed_changes) or self.runtime.policy_store.current()
-            conversations = []
-            for index, conversation in enumerate(request.conversations):
-                try:
-                    conversations.append(messages_from_proto(conversation.messages))
-                except ValueError as exc:
-                    raise PolicyValidationError(f"conversations[{index}]: {exc}") from None
-            # Concurrent evaluation lets the chat core's detector runner score them in batches.
-            outcomes = await asyncio.gather(
-                *(self._evaluate_row(index, messages, policy) for index, messages in enumerate(conversations))
+        count = len(request.conversations)
+        if count == 0:
+            raise PolicyValidationError("conversations must not be empty")
+        if count > MAX_EXPLAIN_BATCH:
+            raise PolicyValidationError(
+                f"at most {MAX_EXPLAIN_BATCH} conversations per ExplainBatch call (got {count}); split the file"
             )
-            return pb.ExplainBatchResponse(results=[explain_to_proto(o) for o in outcomes])
+        # One policy object for the whole batch: every row is explained under the same version.
+        policy = self._policy_for(request.proposed_changes) or self.runtime.policy_store.current()
+        conversations = []
+        for index, conversation in enumerate(request.conversations):
+            try:
+                conversations.append(messages_from_proto(conversation.messages))
+            except InvalidArgument as exc:
+                raise PolicyValidationError(f"conversations[{index}]: {exc}") from None
+        # Concurrent evaluation lets the chat core's detector runner score them in batches.
+        outcomes = await asyncio.gather(
+            *(self._evaluate_row(index, messages, policy) for index, messages in enumerate(conversations))
+        )
+        return pb.ExplainBatchResponse(results=[explain_to_proto(o) for o in outcomes])
 
     async def _evaluate_row(self, index: int, messages: Sequence[Any], policy: GatePolicy) -> Any:
         try:
             return await self.runtime.chat.evaluate(messages, policy)
-        except ValueError as exc:
+        except InvalidArgument as exc:
             raise PolicyValidationError(f"conversations[{index}]: {exc}") from None
 
     def _policy_for(self, proposed: Sequence[pb.UpdateGatePolicyRequest]) -> GatePolicy | None:
@@ -240,59 +209,58 @@ class GateAdminMixin:
     async def CalibrationReport(
         self, request: pb.CalibrationReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.CalibrationReportResponse:
-        async with _mapped(context):
-            name = request.forget_set
-            if not name:
-                raise CalibrationError("forget_set is required")
-            bank = self.runtime.detector
-            if bank is None:
-                raise NoDetectorError("this gateway runs without a detector; nothing to calibrate")
-            if name not in bank.names():
-                raise UnknownForgetSetError(
-                    f"forget set '{name}' has no detector; known: {', '.join(sorted(bank.names())) or '(none)'}"
-                )
-            if len(request.probes) > MAX_CALIBRATION_PROBES:
-                raise CalibrationError(f"at most {MAX_CALIBRATION_PROBES} probes per report (got {len(request.probes)})")
-            probes = [Probe(p.prompt, p.should_forget) for p in request.probes]
-            if any(not p.prompt.strip() for p in probes):
-                raise CalibrationError("every probe needs a non-empty prompt")
-            target = _target_from_proto(request)
-            out_dir = self._calibration_dir(name, request.output_dir)
-            store = self.runtime.policy_store
-            current = store.current().for_set(name).threshold
-
-            def score(prompts: Sequence[str]) -> list[float]:
-                values: list[float] = []
-                for start in range(0, len(prompts), SCORING_CHUNK):
-                    rows = bank.score(list(prompts[start : start + SCORING_CHUNK]))
-                    values.extend(float(row.get(name, math.nan)) for row in rows)
-                return values
-
-            def run() -> Any:
-                report = calibrate(
-                    name, probes, out_dir=out_dir, scorer=score, target=target, current_threshold=current
-                )
-                if request.apply:
-                    apply_suggested_threshold(report, store)
-                return report
-
-            report = await asyncio.to_thread(run)
-            if report.applied_policy_version is not None:
-                self._note_version(store.current())
-            response = pb.CalibrationReportResponse(
-                forget_set=name,
-                roc_auc=report.roc_auc,
-                suggested_threshold=report.suggested_threshold,
-                catch_rate=report.catch_rate,
-                false_positive_rate=report.false_positive_rate,
-                positives=report.positives,
-                negatives=report.negatives,
-                plot_paths=[str(p) for p in report.plot_paths],
-                summary_json_path=str(report.summary_json_path),
+        name = request.forget_set
+        if not name:
+            raise CalibrationError("forget_set is required")
+        bank = self.runtime.detector
+        if bank is None:
+            raise NoDetectorError("this gateway runs without a detector; nothing to calibrate")
+        if name not in bank.names():
+            raise UnknownForgetSetError(
+                f"forget set '{name}' has no detector; known: {', '.join(sorted(bank.names())) or '(none)'}"
             )
-            if report.applied_policy_version is not None:
-                response.applied_policy_version = report.applied_policy_version
-            return response
+        if len(request.probes) > MAX_CALIBRATION_PROBES:
+            raise CalibrationError(f"at most {MAX_CALIBRATION_PROBES} probes per report (got {len(request.probes)})")
+        probes = [Probe(p.prompt, p.should_forget) for p in request.probes]
+        if any(not p.prompt.strip() for p in probes):
+            raise CalibrationError("every probe needs a non-empty prompt")
+        target = _target_from_proto(request)
+        out_dir = self._calibration_dir(name, request.output_dir)
+        store = self.runtime.policy_store
+        current = store.current().for_set(name).threshold
+
+        def score(prompts: Sequence[str]) -> list[float]:
+            values: list[float] = []
+            for start in range(0, len(prompts), SCORING_CHUNK):
+                rows = bank.score(list(prompts[start : start + SCORING_CHUNK]))
+                values.extend(float(row.get(name, math.nan)) for row in rows)
+            return values
+
+        def run() -> Any:
+            report = calibrate(
+                name, probes, out_dir=out_dir, scorer=score, target=target, current_threshold=current
+            )
+            if request.apply:
+                apply_suggested_threshold(report, store)
+            return report
+
+        report = await asyncio.to_thread(run)
+        if report.applied_policy_version is not None:
+            self._note_version(store.current())
+        response = pb.CalibrationReportResponse(
+            forget_set=name,
+            roc_auc=report.roc_auc,
+            suggested_threshold=report.suggested_threshold,
+            catch_rate=report.catch_rate,
+            false_positive_rate=report.false_positive_rate,
+            positives=report.positives,
+            negatives=report.negatives,
+            plot_paths=[str(p) for p in report.plot_paths],
+            summary_json_path=str(report.summary_json_path),
+        )
+        if report.applied_policy_version is not None:
+            response.applied_policy_version = report.applied_policy_version
+        return response
 
     def _calibration_dir(self, name: str, requested: str) -> Path:
         """Reports live under ``<artifacts>/calibration``; a client may pick a subfolder only.

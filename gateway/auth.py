@@ -9,7 +9,6 @@ Health checking and reflection stay open so orchestrators can probe without cred
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -18,8 +17,7 @@ from pathlib import Path
 import grpc
 
 from oblivio.gateway.config import MIN_SECRET_CHARS, AuthConfig, ConfigError
-
-LOG = logging.getLogger(__name__)
+from oblivio.gateway.errors import OblivioError, PermissionDenied, Unauthenticated, error_status
 
 ADMIN_METHOD_PREFIX = "/oblivio.v1.Admin/"
 CHAT_METHOD_PREFIX = "/oblivio.v1.Chat/"
@@ -34,12 +32,24 @@ class Scope(str, Enum):
 SCOPE_NAMES = {Scope.ADMIN: "the Admin API", Scope.CHAT: "chat", Scope.METRICS: "/metrics"}
 
 
-class AuthError(Exception):
-    """A request was refused; ``unauthenticated`` distinguishes UNAUTHENTICATED from PERMISSION_DENIED."""
+class AuthError(OblivioError):
+    """A request was refused for its credentials; one of the two kinds below."""
 
-    def __init__(self, message: str, *, unauthenticated: bool) -> None:
-        super().__init__(message)
-        self.unauthenticated = unauthenticated
+    openai_code = "invalid_api_key"
+
+    @property
+    def unauthenticated(self) -> bool:
+        """True for missing, malformed or unknown credentials; False for a valid credential
+        that may not use the scope."""
+        return isinstance(self, Unauthenticated)
+
+
+class BadCredentials(AuthError, Unauthenticated):
+    """No credentials, malformed ones, or ones this server does not know."""
+
+
+class ScopeDenied(AuthError, PermissionDenied):
+    """A valid credential that does not open the scope asked for."""
 
 
 def _read_secret_file(file: Path) -> list[str]:
@@ -113,16 +123,16 @@ class Authenticator:
         if not self.required(scope):
             return
         if not authorization:
-            raise AuthError("missing credentials: send 'authorization: Bearer <token>'", unauthenticated=True)
+            raise BadCredentials("missing credentials: send 'authorization: Bearer <token>'")
         kind, _, secret = authorization.partition(" ")
         if kind.lower() != "bearer" or not secret.strip():
-            raise AuthError("malformed authorization header: expected 'Bearer <token>'", unauthenticated=True)
+            raise BadCredentials("malformed authorization header: expected 'Bearer <token>'")
         candidate = secret.strip().encode()
         if _matches_any(candidate, self.admin_tokens + self._own_secrets(scope)):
             return
         if _matches_any(candidate, self.chat_keys + self.metrics_tokens):
-            raise AuthError(f"this credential may not use {SCOPE_NAMES[scope]}", unauthenticated=False)
-        raise AuthError("invalid credentials", unauthenticated=True)
+            raise ScopeDenied(f"this credential may not use {SCOPE_NAMES[scope]}")
+        raise BadCredentials("invalid credentials")
 
 
 def scope_of_method(method: str) -> Scope | None:
@@ -171,9 +181,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             self._authenticator.check(scope, metadata.get("authorization"))
         except AuthError as exc:
-            LOG.warning("denied %s: %s", handler_call_details.method, exc)
-            code = grpc.StatusCode.UNAUTHENTICATED if exc.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
-            return _denying_handler(handler, code, str(exc))
+            status = error_status(exc, handler_call_details.method)
+            return _denying_handler(handler, status.grpc_code, status.message)
         return handler
 
 

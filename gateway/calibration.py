@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from oblivio.gateway.errors import InvalidArgument
 from oblivio.gateway.input_files import read_utf8_text
 
 TargetKind = Literal["catch_rate", "fpr"]
@@ -37,7 +38,7 @@ _TRUE = {"1", "true", "yes", "y", "forget", "t"}
 _FALSE = {"0", "false", "no", "n", "keep", "retain", "f"}
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InvalidArgument):
     """The probes or the target cannot produce a report; the message says what to fix."""
 
 

@@ -31,6 +31,7 @@ from oblivio.gateway.backends.base import (
     SamplingSettings,
 )
 from oblivio.gateway.enforcement import EnforcementGuard
+from oblivio.gateway.errors import InvalidArgument, NotFound
 
 LOG = logging.getLogger(__name__)
 
@@ -47,15 +48,15 @@ MAX_CHARS_PER_TOKEN = 32
 FINISH_REFUSED = "refused"
 
 
-class ChatInputError(ValueError):
-    """The request is malformed (maps to INVALID_ARGUMENT / HTTP 400); says what to fix."""
+class ChatInputError(InvalidArgument):
+    """The request is malformed; says what to fix."""
 
 
-class ModelNotServedError(KeyError):
-    """The request names a model this gateway does not serve (NOT_FOUND / HTTP 404)."""
+class ModelNotServedError(NotFound):
+    """The request names a model this gateway does not serve."""
 
-    def __str__(self) -> str:  # KeyError's repr-quoting makes messages unreadable
-        return str(self.args[0]) if self.args else "model not served"
+    param = "model"
+    openai_code = "model_not_found"
 
 
 class ScoringBank(Protocol):

@@ -25,7 +25,7 @@ OVERRIDE = "recovery.serve_unenforced_sets"
 
 
 class UnenforcedSetsError(BackendError):
-    """Chat is refused: a registered forget set cannot be enforced (gRPC UNAVAILABLE, HTTP 503)."""
+    """Chat is refused: a registered forget set cannot be enforced (a BackendError: UNAVAILABLE / 503)."""
 
 
 class EnforcementGuard:

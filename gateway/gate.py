@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from oblivio.gateway.errors import InvalidArgument
+
 Mode = Literal["adapter", "refusal", "adapter_then_refusal"]
 DetectorErrorPolicy = Literal["fail_closed", "fail_open"]
 Action = Literal["none", "adapter", "refusal"]
@@ -48,7 +50,7 @@ REFUSAL_TEXT = (
 _GRID_EPS = 1e-9
 
 
-class PolicyValidationError(ValueError):
+class PolicyValidationError(InvalidArgument):
     """A policy (or a change to one) is invalid; the message names the field and the rule."""
 
 

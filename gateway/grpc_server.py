@@ -1,10 +1,10 @@
 """The gRPC front door: Chat over the shared ChatCore, the composed Admin servicer, standard
-health checking and server reflection, with exceptions mapped to status codes in ONE place.
+health checking and server reflection, with exceptions turned into status codes by ONE
+interceptor.
 
-Why an error-mapping interceptor rather than try/except in every handler: the Admin methods
-are written by other areas; with the mapping here they just raise ``ValueError`` /
-``KeyError`` / ``BackendError`` and clients still get INVALID_ARGUMENT / NOT_FOUND /
-UNAVAILABLE with a message a person can act on, and unexpected errors never leak tracebacks.
+Why an error-mapping interceptor rather than try/except in every handler: handlers just raise
+a member of :mod:`oblivio.gateway.errors`' family and clients get its status with a message a
+person can act on; anything else is INTERNAL, and tracebacks go to the log, never to clients.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,8 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from oblivio.gateway.admin_service import AdminServicer
 from oblivio.gateway.auth import CHAT_METHOD_PREFIX, AuthInterceptor, Authenticator, server_credentials
-from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import ChatCore
+from oblivio.gateway.errors import DeadlineExceeded, InvalidArgument, ServerBusy, error_status
 from oblivio.gateway.proto_convert import (
     chat_decision_to_proto,
     finish_reason_to_proto,
@@ -36,49 +35,16 @@ from oblivio.gateway.runtime import Runtime
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
-LOG = logging.getLogger(__name__)
-
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Admin"))
 CHAT_SERVICE, ADMIN_SERVICE = SERVICE_NAMES
 
 
-def status_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message for an exception a handler raised.
-
-    An exception may carry its own ``grpc_status_code`` attribute (e.g. a registry's
-    "already exists" error) to choose its code explicitly.
-    """
-    explicit = getattr(exc, "grpc_status_code", None)
-    message = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
-    if isinstance(explicit, grpc.StatusCode):
-        return explicit, message
-    if isinstance(exc, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED, message or "method not implemented on this server"
-    if isinstance(exc, FileExistsError):
-        return grpc.StatusCode.ALREADY_EXISTS, message
-    if isinstance(exc, ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT, message
-    if isinstance(exc, LookupError):
-        return grpc.StatusCode.NOT_FOUND, message
-    if isinstance(exc, BackendError):
-        return grpc.StatusCode.UNAVAILABLE, message
-    if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, message or "deadline exceeded"
-    if isinstance(exc, PermissionError):
-        return grpc.StatusCode.PERMISSION_DENIED, message
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
-
-
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
-    code, message = status_for_exception(exc)
-    if code is grpc.StatusCode.INTERNAL:
-        LOG.exception("%s failed", method, exc_info=exc)
-    else:
-        LOG.info("%s -> %s: %s", method, code.name, message)
-    await context.abort(code, message)
+    status = error_status(exc, method)
+    await context.abort(status.grpc_code, status.message)
 
 
-class UndecodableRequestError(ValueError):
+class UndecodableRequestError(InvalidArgument):
     """A request message did not parse (e.g. a string field that is not UTF-8): INVALID_ARGUMENT.
 
     gRPC itself answers a deserializer's exception with UNKNOWN, which reads like a server
@@ -227,11 +193,8 @@ class ChatConcurrencyLimit(grpc.aio.ServerInterceptor):
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         if self.active >= self.limit:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this server is at its limit of {self.limit} concurrent chat calls "
-                "(server.max_concurrent_requests); retry shortly or use another replica",
-            )
+            status = error_status(ServerBusy(self.limit), "gRPC chat admission")
+            await context.abort(status.grpc_code, status.message)
         self.active += 1
 
 
@@ -239,8 +202,14 @@ class ChatConcurrencyLimit(grpc.aio.ServerInterceptor):
 async def _deadline(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Stop work when the client's deadline passes, even if gRPC has not cancelled us yet."""
     remaining = context.time_remaining()
-    async with asyncio.timeout(remaining if remaining is not None else None):
-        yield
+    deadline = asyncio.timeout(remaining if remaining is not None else None)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if deadline.expired():
+            raise DeadlineExceeded("deadline exceeded") from None
+        raise
 
 
 class ChatServicer(oblivio_pb2_grpc.ChatServicer):

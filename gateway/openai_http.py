@@ -10,7 +10,6 @@ their usual typed exceptions. The gate decision travels in the ``oblivio`` exten
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -22,23 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oblivio.gateway.auth import AuthError, Scope
-from oblivio.gateway.backends.base import BackendError
 from oblivio.gateway.chat_core import (
     FINISH_REFUSED,
     ChatCore,
     ChatInputError,
     GateOutcome,
     Message,
-    ModelNotServedError,
     SamplingRequest,
 )
-
-LOG = logging.getLogger(__name__)
+from oblivio.gateway.errors import ServerBusy, error_status
 
 DECISION_HEADER = "x-oblivio-decision"
 POLICY_HEADER = "x-oblivio-policy-version"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+CHAT_ENDPOINT = "http.chat_completions"  # the endpoint label of metrics and logs
 # Paths that generate, and so count against server.max_concurrent_requests.
 GENERATION_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
 # OpenAI has no "refused by a gateway" reason; content_filter is the one clients already handle.
@@ -148,15 +145,11 @@ def decision_header(outcome: GateOutcome) -> str:
     return f"{outcome.label}; policy_version={outcome.decision.policy_version}"
 
 
-def error_for(exc: Exception) -> JSONResponse:
-    if isinstance(exc, ModelNotServedError):
-        return error_response(404, str(exc), kind="invalid_request_error", param="model", code="model_not_found")
-    if isinstance(exc, ValueError):
-        return error_response(400, str(exc), kind="invalid_request_error", param=getattr(exc, "param", None))
-    if isinstance(exc, BackendError):
-        return error_response(503, str(exc), kind="server_error", code="backend_unavailable")
-    LOG.exception("chat completion failed", exc_info=exc)
-    return error_response(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
+def error_for(exc: Exception, where: str) -> JSONResponse:
+    """``exc`` in OpenAI's error shape, as :func:`oblivio.gateway.errors.error_status` maps it."""
+    status = error_status(exc, where)
+    return error_response(status.http_status, status.message, kind=status.openai_type, param=status.param,
+                          code=status.openai_code)
 
 
 def _children(value: Any, path: str) -> Iterable[tuple[str, Any]]:
@@ -274,9 +267,7 @@ class ChatConcurrencyLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            message = (f"this server is at its limit of {self.limit} concurrent chat calls "
-                       "(server.max_concurrent_requests); retry shortly or use another replica")
-            await error_response(503, message, kind="server_error", code="server_busy")(scope, receive, send)
+            await error_for(ServerBusy(self.limit), scope["path"])(scope, receive, send)
             return
         self.active += 1
         try:
@@ -293,8 +284,7 @@ def auth_denied(authenticator: Any, authorization: str | None, scope: Scope = Sc
     try:
         authenticator.check(scope, authorization)
     except AuthError as exc:
-        status = 401 if exc.unauthenticated else 403
-        return error_response(status, str(exc), kind="invalid_request_error", code="invalid_api_key")
+        return error_for(exc, f"{scope.value} auth")
     return None
 
 
@@ -368,10 +358,10 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
             body = parse_chat_request(raw)
             messages = [m.to_message(i) for i, m in enumerate(body.messages)]
             session = await chat.start(
-                messages, body.sampling(), model=body.model, endpoint="http.chat_completions"
+                messages, body.sampling(), model=body.model, endpoint=CHAT_ENDPOINT
             )
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
-            return error_for(exc)
+            return error_for(exc, CHAT_ENDPOINT)
         headers = {DECISION_HEADER: decision_header(session.outcome), POLICY_HEADER: str(session.outcome.decision.policy_version)}
         created = int(time.time())
         if body.stream:
@@ -384,7 +374,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         try:
             text = "".join([chunk.text async for chunk in session.chunks()])
         except Exception as exc:  # noqa: BLE001
-            return error_for(exc)
+            return error_for(exc, CHAT_ENDPOINT)
         finish = OPENAI_FINISH.get(session.finish_reason or "stop", "stop")
         return JSONResponse(
             {
@@ -429,7 +419,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
                     delta = {"content": chunk.text} if chunk.text else {}
                     yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
         except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
-            response = error_for(exc)
+            response = error_for(exc, CHAT_ENDPOINT)
             yield f"data: {response.body.decode()}\n\n"
             return
         if include_usage:

@@ -411,7 +411,7 @@ class GatedVLLMApp:
         try:
             self._check_model(decode_json_object(raw))
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
-            return error_for(exc)
+            return error_for(exc, scope["path"])
         await self.vllm_app(scope, replaying(raw, receive), send)
         return None
 
@@ -428,7 +428,7 @@ class GatedVLLMApp:
             outcome = await self.chat.evaluate_texts(texts)
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
             self._observe(endpoint, type(exc).__name__, started)
-            return error_for(exc)
+            return error_for(exc, endpoint)
         request_id = headers.get("x-request-id") or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         self.chat.record_decision(request_id, outcome)
         code = "cancelled"

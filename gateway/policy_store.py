@@ -32,7 +32,9 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.gateway.config import GateConfig
+from oblivio.gateway.errors import NotFound
 from oblivio.gateway.gate import (
     DETECTOR_ERROR_POLICIES,
     GatePolicy,
@@ -50,18 +52,8 @@ SET_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SetPolicy))
 GLOBAL_FIELDS: tuple[str, ...] = ("on_detector_error",)
 
 
-class UnknownForgetSetError(KeyError):
-    """The named forget set is not registered (maps to gRPC NOT_FOUND)."""
-
-    def __str__(self) -> str:  # KeyError repr-quotes its argument; keep the message readable
-        return str(self.args[0]) if self.args else "unknown forget set"
-
-
-class UnknownPolicyVersionError(KeyError):
+class UnknownPolicyVersionError(NotFound):
     """Rollback to a version that does not exist (or was pruned from history)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown policy version"
 
 
 class PolicyStoreError(RuntimeError):
@@ -423,7 +415,6 @@ __all__ = [
     "PolicyStore",
     "PolicyStoreError",
     "PolicyValidationError",
-    "UnknownForgetSetError",
     "UnknownPolicyVersionError",
     "initial_policy",
     "policy_from_dict",

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from fixtures_reliability import registration_messages, stream_of, user_request
 from fixtures_serving import serving_config, started_gateway
-from oblivio.adapters.store import NAME_PATTERN
+from oblivio.adapters.forget_set import NAME_PATTERN
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 

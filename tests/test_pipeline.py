@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fixtures_registration import FRANCE, UNRELATED, make_pipeline, tiny_training
-from oblivio.adapters.registry import ForgetSetExistsError, State, UnknownForgetSetError
+from oblivio.adapters.forget_set import UnknownForgetSetError
+from oblivio.adapters.registry import ForgetSetExistsError, State
 from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
 
 pytestmark = pytest.mark.slow

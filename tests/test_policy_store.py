@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.gateway.config import GateConfig
 from oblivio.gateway.gate import GatePolicy, decide
 from oblivio.gateway.policy_store import (
@@ -16,7 +17,6 @@ from oblivio.gateway.policy_store import (
     PolicyStore,
     PolicyStoreError,
     PolicyValidationError,
-    UnknownForgetSetError,
     UnknownPolicyVersionError,
 )
 

@@ -228,11 +228,11 @@ async def test_registration_stream_is_parsed_in_order() -> None:
     ],
 )
 async def test_malformed_registration_streams_are_invalid(messages, fragment) -> None:
-    from oblivio.gateway.admin_forget import status_for
+    from oblivio.gateway.errors import error_status
 
     with pytest.raises(ValueError, match=fragment) as info:
         await _parse(*messages)
-    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_status(info.value, "test").grpc_code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(
@@ -248,12 +248,12 @@ async def test_malformed_registration_streams_are_invalid(messages, fragment) ->
 async def test_registration_stream_stops_at_a_bound(limits, fragment) -> None:
     """Bounds are checked as examples arrive; the error names the bound and the example."""
     from oblivio.adapters.limits import RegistrationLimits
-    from oblivio.gateway.admin_forget import status_for
+    from oblivio.gateway.errors import error_status
 
     with pytest.raises(ValueError) as info:
         await _parse(HEADER, CHUNK, CHUNK, limits=RegistrationLimits(**limits))
     assert fragment in str(info.value)
-    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_status(info.value, "test").grpc_code == grpc.StatusCode.INVALID_ARGUMENT
     # A set exactly at every bound is accepted (4 examples, 10 characters each at most, 28 in all).
     exact = RegistrationLimits(max_examples=4, max_example_chars=10, max_total_chars=28)
     assert len((await _parse(HEADER, CHUNK, CHUNK, limits=exact))[1]) == 4
@@ -274,8 +274,14 @@ def test_token_bound_names_the_example_that_crosses_it() -> None:
 
 
 def test_status_mapping() -> None:
-    from oblivio.adapters.registry import ForgetSetExistsError, UnknownForgetSetError
-    from oblivio.gateway.admin_forget import status_for
+    from oblivio.adapters.forget_set import UnknownForgetSetError
+    from oblivio.adapters.registry import ForgetSetExistsError
+    from oblivio.gateway.errors import error_status
+
+    def status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+        """The client-facing status, or None for a server fault (INTERNAL)."""
+        status = error_status(exc, "test")
+        return None if status.grpc_code is grpc.StatusCode.INTERNAL else (status.grpc_code, status.message)
 
     assert status_for(ForgetSetExistsError("x"))[0] == grpc.StatusCode.ALREADY_EXISTS
     assert status_for(UnknownForgetSetError("no forget set named 'x'")) == (grpc.StatusCode.NOT_FOUND, "no forget set named 'x'")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from oblivio.adapters.forget_set import UnknownForgetSetError, validate_name
 from oblivio.adapters.registry import (
     ForgetSetExistsError,
     InvalidTransitionError,
     State,
-    UnknownForgetSetError,
 )
 from oblivio.adapters.registry_factory import open_registry
-from oblivio.adapters.store import ArtifactStore, validate_name
+from oblivio.adapters.store import ArtifactStore
 
 
 def _writer(text: str):

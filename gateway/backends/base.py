@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from oblivio.gateway.errors import InvalidArgument, Unavailable
 
-class BackendError(RuntimeError):
-    """The backend failed in a way the caller cannot fix (maps to gRPC UNAVAILABLE)."""
+
+class BackendError(Unavailable):
+    """The backend failed in a way the caller cannot fix; retrying later may work."""
+
+    openai_code = "backend_unavailable"
 
 
 class AdapterNotFoundError(KeyError):
@@ -70,20 +74,20 @@ def normalize_application(
     """Validate a request's adapters and drop the ones at scale 0 (scale 0 means "no adapter").
 
     Both backends call this first, so a bad request fails the same way whichever one serves it:
-    ``ValueError`` for a negative, non-finite or duplicated entry, ``AdapterNotFoundError`` for a
+    ``InvalidArgument`` for a negative, non-finite or duplicated entry, ``AdapterNotFoundError`` for a
     name the backend was never given.
     """
     seen: set[str] = set()
     kept: list[tuple[str, float]] = []
     for name, scale in application.adapters:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
+            raise InvalidArgument(f"adapter name must be a non-empty string, got {name!r}")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"scale of adapter {name!r} must be a finite number, got {scale!r}")
+            raise InvalidArgument(f"scale of adapter {name!r} must be a finite number, got {scale!r}")
         if scale < 0:
-            raise ValueError(f"scale of adapter {name!r} must be >= 0, got {scale}")
+            raise InvalidArgument(f"scale of adapter {name!r} must be >= 0, got {scale}")
         if name in seen:
-            raise ValueError(f"adapter {name!r} appears twice in one request")
+            raise InvalidArgument(f"adapter {name!r} appears twice in one request")
         seen.add(name)
         if name not in known:
             raise AdapterNotFoundError(name)
@@ -95,15 +99,15 @@ def normalize_application(
 def validate_sampling(sampling: SamplingSettings) -> None:
     """Reject settings no backend can honour, with a message naming the field."""
     if sampling.max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+        raise InvalidArgument(f"max_tokens must be >= 1, got {sampling.max_tokens}")
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {sampling.temperature}")
+        raise InvalidArgument(f"temperature must be a finite number >= 0, got {sampling.temperature}")
     if not (0 < sampling.top_p <= 1):
-        raise ValueError(f"top_p must lie in (0, 1], got {sampling.top_p}")
+        raise InvalidArgument(f"top_p must lie in (0, 1], got {sampling.top_p}")
     if any(not isinstance(s, str) or not s for s in sampling.stop):
-        raise ValueError("stop strings must be non-empty strings")
+        raise InvalidArgument("stop strings must be non-empty strings")
     if sampling.logprobs is not None and not (0 <= sampling.logprobs <= MAX_LOGPROBS):
-        raise ValueError(f"logprobs must lie in [0, {MAX_LOGPROBS}], got {sampling.logprobs}")
+        raise InvalidArgument(f"logprobs must lie in [0, {MAX_LOGPROBS}], got {sampling.logprobs}")
 
 
 def prepare_request(
@@ -122,9 +126,9 @@ def prepare_request(
     adapters = normalize_application(application, known_adapters)
     prompt = [int(t) for t in prompt_token_ids]
     if not prompt:
-        raise ValueError("prompt must contain at least one token")
+        raise InvalidArgument("prompt must contain at least one token")
     if len(prompt) >= max_model_len:
-        raise ValueError(f"prompt has {len(prompt)} tokens; max_model_len is {max_model_len}")
+        raise InvalidArgument(f"prompt has {len(prompt)} tokens; max_model_len is {max_model_len}")
     return prompt, adapters
 
 

@@ -70,6 +70,7 @@ from oblivio.gateway.backends.base import (
 )
 from oblivio.gateway.backends import vllm_cpu_lora
 from oblivio.gateway.config import EngineConfig
+from oblivio.gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -533,9 +534,11 @@ class VLLMBackend:
                     prompt_tokens=len(prompt),
                     completion_tokens=completion_tokens,
                 )
-        except (VLLMClientError, ValueError) as exc:
-            raise ValueError(str(exc)) from exc
+        except VLLMClientError as exc:  # vLLM's own verdict: the request is at fault
+            raise InvalidArgument(str(exc)) from exc
         except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except ValueError:  # the engine refused a request our checks passed: a server fault (INTERNAL)
             raise
         except Exception as exc:  # noqa: BLE001 - EngineDeadError, EngineGenerateError, ...
             raise BackendError(f"vLLM generation failed: {exc!r}") from exc
