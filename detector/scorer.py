@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from oblivio.adapters.forget_set import validate_name
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
 from oblivio.detector.bank_rows import build_banks, template_coverage
 from oblivio.detector.privacy import dequantize_rows, quantize_rows
@@ -46,7 +46,6 @@ from oblivio.detector.vocabulary import entity_vocabulary
 __all__ = ["ForgetSetScorer", "fit_forget_set", "IncompatibleScorerError", "FORMAT_VERSION", "generic_bank"]
 
 FORMAT_VERSION = 2
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # Entity-level forgetting: a subject alone is a forget text, and so are the plainest questions
 # about it, so "forget this person" also catches prompts that only name them.
 SUBJECT_TEMPLATES = ("{s}", "Who is {s}?", "Tell me about {s}.", "What do you know about {s}?")
@@ -187,14 +186,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-def _validate_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if not _NAME_RE.match(name):
-        raise ValueError(f"name {name!r} must be 1-128 characters of letters, digits, '_', '.', '-'")
-    return name
-
-
 def fit_forget_set(
     extractor: FeatureExtractor,
     texts: Sequence[str],
@@ -217,7 +208,7 @@ def fit_forget_set(
     ``dedupe``: of the rows ``bank_rows`` keeps, those with a cosine >= this to an already kept
     row are dropped too (None keeps all; see ``privacy.dedupe_rows``).
     """
-    name = _validate_name(name)
+    name = validate_name(name)
     items = validate_texts(texts, what="texts")
     subj = validate_texts(subjects, what="subjects")
     forget_texts = list(dict.fromkeys(items + [t.format(s=s) for s in subj for t in SUBJECT_TEMPLATES]))
