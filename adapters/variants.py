@@ -30,7 +30,6 @@ from typing import Any
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
-_TOLERANCE = 1e-9
 
 
 class AdapterFormatError(ValueError):
@@ -67,18 +66,6 @@ def read_config(folder: Path) -> dict[str, Any]:
 def max_rank(config: dict[str, Any]) -> int:
     """The largest rank any module of this adapter has (what an engine's max rank must hold)."""
     return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
-
-
-def round_up_to_grid(scale: float, grid: Sequence[float]) -> float:
-    """The smallest grid scale >= ``scale``: never apply less unlearning than the gate asked for."""
-    if not grid:
-        raise ValueError("scale grid is empty")
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a finite number > 0, got {scale}")
-    for point in sorted(grid):
-        if point >= scale - _TOLERANCE:
-            return float(point)
-    raise ValueError(f"scale {scale} exceeds the largest scale the backend serves ({max(grid)})")
 
 
 def _link_or_symlink(source: Path, target: Path) -> None:

@@ -21,8 +21,8 @@ not reach 1, so it cannot be tuned per set). Here, for a matched set (score >= t
 
 so the scale is exactly ``min_scale`` at the threshold, ``max_scale`` at score 1, and rises
 steeply near the threshold for large softness ``k`` (zeta) and almost linearly for small ``k``.
-The result is then rounded UP onto the scale grid the backend serves: rounding up never weakens
-an intervention (it may exceed ``max_scale`` when the grid has no point in between).
+The result is then rounded UP onto the scale grid the backend serves (``scale_grid``): rounding
+up never weakens an intervention (it may exceed ``max_scale`` when the grid has no point in between).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Literal, get_args
 
 from oblivio.gateway.errors import InvalidArgument
+from oblivio.gateway.scale_grid import GRID_TOLERANCE, round_up_to_grid
 
 Mode = Literal["adapter", "refusal", "adapter_then_refusal"]
 DetectorErrorPolicy = Literal["fail_closed", "fail_open"]
@@ -45,9 +46,6 @@ DETECTOR_ERROR_POLICIES: tuple[str, ...] = get_args(DetectorErrorPolicy)
 REFUSAL_TEXT = (
     "I'm sorry, but I can't help with that. This topic has been removed from what I can discuss."
 )
-
-# Grid matching tolerance: scales are decimals typed by operators (0.1 + 0.2 != 0.3 in binary).
-_GRID_EPS = 1e-9
 
 
 class PolicyValidationError(InvalidArgument):
@@ -79,7 +77,7 @@ class SetPolicy:
                 f"{where}.min_scale ({self.min_scale}) must be <= max_scale ({self.max_scale})"
             )
         grid_max = max(scale_grid)
-        if self.max_scale > grid_max + _GRID_EPS:
+        if self.max_scale > grid_max + GRID_TOLERANCE:
             raise PolicyValidationError(
                 f"{where}.max_scale ({self.max_scale}) exceeds the largest scale the backend "
                 f"serves ({grid_max}); scale grid is {list(scale_grid)}"
@@ -189,14 +187,6 @@ def raw_scale(score: float, policy: SetPolicy) -> float:
         fraction = (_sigmoid(k * (min(score, 1.0) - t)) - 0.5) / span
     fraction = min(max(fraction, 0.0), 1.0)
     return policy.min_scale + (policy.max_scale - policy.min_scale) * fraction
-
-
-def round_up_to_grid(scale: float, grid: tuple[float, ...]) -> float:
-    """Smallest grid value >= scale (never weaker); the grid's top if scale is above it."""
-    for point in sorted(grid):
-        if point + _GRID_EPS >= scale:
-            return point
-    return max(grid)
 
 
 def _verdict_for(
@@ -322,7 +312,7 @@ def at_least_as_strong(stronger: GateDecision, weaker: GateDecision) -> bool:
     if weaker.refuse:
         return False
     have = dict(stronger.adapters)
-    return all(have.get(name, 0.0) + _GRID_EPS >= scale for name, scale in weaker.adapters)
+    return all(have.get(name, 0.0) + GRID_TOLERANCE >= scale for name, scale in weaker.adapters)
 
 
 __all__ = [
@@ -340,6 +330,5 @@ __all__ = [
     "decide",
     "decide_on_detector_error",
     "raw_scale",
-    "round_up_to_grid",
     "verdict_strength",
 ]

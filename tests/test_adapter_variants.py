@@ -18,9 +18,9 @@ from oblivio.adapters.variants import (
     max_rank,
     module_scaling,
     read_config,
-    round_up_to_grid,
 )
 from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
+from oblivio.gateway.scale_grid import round_up_to_grid
 
 PREFIX = "base_model.model.model.layers"
 

@@ -18,9 +18,9 @@ from oblivio.gateway.gate import (
     decide,
     decide_on_detector_error,
     raw_scale,
-    round_up_to_grid,
     verdict_strength,
 )
+from oblivio.gateway.scale_grid import round_up_to_grid
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)

@@ -57,7 +57,6 @@ from oblivio.adapters.variants import (
     build_stacked,
     max_rank,
     read_config,
-    round_up_to_grid,
 )
 from oblivio.gateway.backends.base import (
     AdapterApplication,
@@ -71,6 +70,7 @@ from oblivio.gateway.backends.base import (
 from oblivio.gateway.backends import vllm_cpu_lora
 from oblivio.gateway.config import EngineConfig
 from oblivio.gateway.errors import InvalidArgument
+from oblivio.gateway.scale_grid import round_up_to_grid
 
 log = logging.getLogger(__name__)
 
