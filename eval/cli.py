@@ -1,15 +1,26 @@
 """``oblivio eval ...``: benchmarks. Each benchmark adds one sub-subcommand here.
 
-Heavy imports happen inside handlers so ``oblivio --help`` stays instant.
+The product's CLI (``oblivio.gateway.cli``) only names ``eval`` and imports this module when an
+eval subcommand runs, handing it everything after ``eval``; so the product does not depend on
+its benchmarks. Heavy imports happen inside handlers.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+
+HELP = "run benchmarks and write reports under eval/reports/"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    evaluate = subparsers.add_parser("eval", help="run benchmarks and write reports under eval/reports/")
+def run(argv: Sequence[str]) -> int:
+    """``oblivio eval <argv>``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    evaluate = argparse.ArgumentParser(prog="oblivio eval", description=HELP)
     actions = evaluate.add_subparsers(dest="eval_command", required=True)
     detector = actions.add_parser(
         "detector",
@@ -35,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_arguments(continual)
     continual.set_defaults(handler=_continual)
+    return evaluate
 
 
 def _detector(args: argparse.Namespace) -> int:

@@ -3,6 +3,9 @@
 Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``handler`` (a callable taking the parsed namespace and returning an exit code). Heavy imports
 happen inside handlers so ``oblivio --help`` stays instant.
+
+``eval`` is only named here: its parser lives with the benchmarks (``oblivio.eval.cli``), which
+are imported when an eval subcommand runs, so the product does not depend on them.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Sequence
 
 from oblivio.gateway import cli_forget, cli_gate, cli_model, cli_registry, cli_serve
 from oblivio.gateway.config import ConfigError
-from oblivio.eval import cli as eval_cli
 
-SUBCOMMAND_MODULES = (cli_model, cli_serve, cli_gate, cli_forget, cli_registry, eval_cli)
+SUBCOMMAND_MODULES = (cli_model, cli_serve, cli_gate, cli_forget, cli_registry)
+EVAL_COMMAND = "eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,16 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMAND_MODULES:
         module.register(subparsers)
+    # No help of its own: `oblivio eval --help` is answered by the benchmarks' parser.
+    subparsers.add_parser(EVAL_COMMAND, add_help=False, help="run benchmarks and write reports under eval/reports/")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != EVAL_COMMAND:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == EVAL_COMMAND:
+            from oblivio.eval.cli import run
+
+            return run(argv[argv.index(EVAL_COMMAND) + 1 :])
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"oblivio: {exc}", file=sys.stderr)
