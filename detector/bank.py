@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oblivio.detector.attributes import pair_floors
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
 from oblivio.detector.scorer import ForgetSetScorer, _sigmoid, generic_bank
 from oblivio.detector.scoring import StackedBanks
@@ -34,6 +35,7 @@ class _Snapshot:
     agg_scale: np.ndarray
     agg_coef: np.ndarray
     agg_intercept: np.ndarray  # (S,)
+    pair_digests: dict[str, frozenset[str]]  # sets that state (place, year) pairs
 
 
 class DetectorBank:
@@ -58,7 +60,8 @@ class DetectorBank:
         else:
             mean = scale = coef = np.zeros((0, 0))
             intercept = np.zeros(0)
-        return _Snapshot(names, stacked, mean, scale, coef, intercept)
+        pairs = {n: scorers[n].pair_digests for n in names if scorers[n].pair_digests}
+        return _Snapshot(names, stacked, mean, scale, coef, intercept, pairs)
 
     def add(self, name: str, scorer: ForgetSetScorer) -> None:
         """Register (or replace) a set. Raises IncompatibleScorerError for another feature space."""
@@ -105,7 +108,16 @@ class DetectorBank:
             group = scores[start : start + len(forms)]
             start += len(forms)
             out.append({name: max(s[name] for s in group) for name in snap.names})
+        self._raise_for_pairs(variants, out, snap)
         return out
+
+    def _raise_for_pairs(self, variants: list[list[str]], out: list[dict[str, float]], snap: _Snapshot) -> None:
+        """A prompt stating a forget text's place and year together scores at least
+        ``PAIR_MATCH_PROBABILITY`` for that set (see ``attributes``), whatever its banks say."""
+        for name, digests in snap.pair_digests.items():
+            floors = pair_floors(variants, digests, self.extractor.secret(), self.extractor.is_common_word)
+            for scores, floor in zip(out, floors):
+                scores[name] = max(scores[name], floor)
 
     def score_features(self, features: PromptFeatures, snap: _Snapshot | None = None) -> list[dict[str, float]]:
         snap = snap or self._snapshot

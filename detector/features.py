@@ -233,6 +233,10 @@ class FeatureExtractor:
     def dim(self) -> int:
         return self.projection_dim or self.hidden_size
 
+    def secret(self) -> bytes:
+        """The deployment's secret (the projection seed) as a hashing key (``attributes``)."""
+        return str(self.projection_seed).encode()
+
     def fingerprint(self) -> dict[str, object]:
         """Everything a fitted scorer depends on; scorers refuse a mismatching extractor."""
         from oblivio.detector.background import background_digest
@@ -241,7 +245,9 @@ class FeatureExtractor:
             "model_identity": self.model_identity,
             "layers": list(self.layers),
             "projection_dim": self.projection_dim,
-            "projection_seed": self.projection_seed,
+            # A digest, not the seed: stored scorers carry the fingerprint, and the seed is the
+            # secret that keeps their token banks from being inverted (see detector/README.md).
+            "projection": projection_id(self.projection_seed),
             "background": background_digest(),
         }
 
@@ -401,6 +407,12 @@ class FeatureExtractor:
             self._ensure_stats()
         other._stats = self._stats  # same standardisation; the background is re-run lazily
         return other
+
+
+def projection_id(seed: int) -> str:
+    """Names the projection a seed makes without revealing the seed (a 63-bit random seed is
+    out of reach of guessing; a small one is not, whatever is stored)."""
+    return hashlib.blake2b(str(int(seed)).encode(), person=b"oblivio-proj", digest_size=8).hexdigest()
 
 
 def resolve_device(device: str) -> str:

@@ -36,7 +36,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from oblivio.adapters.forget_set import validate_name
-from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
+from oblivio.detector.features import FeatureExtractor, PromptFeatures, projection_id, validate_texts
+from oblivio.detector.attributes import pair_digests
 from oblivio.detector.bank_rows import build_banks, template_coverage
 from oblivio.detector.privacy import dequantize_rows, quantize_rows
 from oblivio.detector.scoring import FEATURES_PER_LAYER, SetBanks, StackedBanks
@@ -100,6 +101,8 @@ class ForgetSetScorer:
     banks: SetBanks
     aggregator: Aggregator
     diagnostics: dict[str, float] = field(default_factory=dict)
+    # Keyed digests of the (place, year) pairs the forget texts state (``attributes``).
+    pair_digests: frozenset[str] = frozenset()
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -150,6 +153,7 @@ class ForgetSetScorer:
             "features_per_layer": list(FEATURES_PER_LAYER),
             "agg_intercept": self.aggregator.intercept,
             "diagnostics": self.diagnostics,
+            "pair_digests": sorted(self.pair_digests),
         }
         (directory / "meta.json.tmp").write_text(json.dumps(meta, indent=2))
         (directory / "meta.json.tmp").replace(directory / "meta.json")
@@ -169,7 +173,10 @@ class ForgetSetScorer:
             )
         if meta.get("features_per_layer") != list(FEATURES_PER_LAYER):
             raise IncompatibleScorerError(f"scorer in {directory} uses other per-layer features: refit it")
-        layers = [int(l) for l in meta["fingerprint"]["layers"]]
+        fingerprint = dict(meta["fingerprint"])
+        if "projection_seed" in fingerprint:  # stored before the seed was kept as a digest
+            fingerprint["projection"] = projection_id(fingerprint.pop("projection_seed"))
+        layers = [int(l) for l in fingerprint["layers"]]
         with np.load(directory / "state.npz") as z:
             missing = [f"{k}_{l}" for l in layers for k in ("forget", "swap") if f"{k}_{l}" not in z.files]
             if missing:
@@ -179,7 +186,8 @@ class ForgetSetScorer:
                 swap={l: dequantize_rows(z[f"swap_{l}"]) for l in layers},
             )
             agg = Aggregator(z["agg_mean"], z["agg_scale"], z["agg_coef"], float(meta["agg_intercept"]))
-        return cls(meta["name"], meta["fingerprint"], banks, agg, dict(meta.get("diagnostics", {})))
+        return cls(meta["name"], fingerprint, banks, agg, dict(meta.get("diagnostics", {})),
+                   frozenset(meta.get("pair_digests", ())))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -297,7 +305,9 @@ def fit_forget_set(
     diagnostics["bank_rows_forget"] = float(sum(final.forget[l].shape[0] for l in layers) / len(layers))
     diagnostics["bank_rows_swap"] = float(sum(final.swap[l].shape[0] for l in layers) / len(layers))
     diagnostics["tokens_forget"] = float(fb.tokens[layers[0]].shape[0])
-    return ForgetSetScorer(name, extractor.fingerprint(), final, agg, diagnostics)
+    pairs = pair_digests(forget_texts, extractor.secret(), extractor.is_common_word)
+    diagnostics["attribute_pairs"] = float(len(pairs))
+    return ForgetSetScorer(name, extractor.fingerprint(), final, agg, diagnostics, pairs)
 
 
 def decision_point(near: np.ndarray, positives: np.ndarray, target_false_fire: float, catch_quantile: float) -> float:

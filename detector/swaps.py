@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from oblivio.detector.vocabulary import MONTHS, EntityVocabulary, place_names
 
-__all__ = ["EntitySwapper", "ForgetEntities", "SwapKind", "find_entities"]
+__all__ = ["EntitySwapper", "ForgetEntities", "SwapKind", "find_entities", "place_mentions"]
 
 _CAP_RUN = re.compile(r"\b[A-Z][\w\-]*(?:(?:,? +|-)[A-Z][\w\-]*)*")
 _QUOTED = re.compile(r"(?<![\w])(['\"])([A-Z0-9][^'\"]{1,120}?)\1(?![\w])")
@@ -85,6 +85,18 @@ def find_entities(texts: Sequence[str], subjects: Sequence[str], is_common: IsCo
         words = {w for run in place_runs for w in run.split()}
         return ForgetEntities(frozenset(w for t in texts for w in re.findall(r"[\w\-]+", t) if w.lower() in words), frozenset(exclude), frozenset(place_runs))
     return ForgetEntities(frozenset(names - in_places), frozenset(exclude))
+
+
+def place_mentions(text: str, is_common: IsCommonWord) -> list[list[str]]:
+    """The places ``text`` names, each as its comma-separated parts ("Taipei, Taiwan" ->
+    ["Taipei", "Taiwan"]), found as the swapper finds them."""
+    places = place_names()
+    found = []
+    for match in _CAP_RUN.finditer(text):
+        words = _entity_words(match.group(0), is_common)
+        if words and _is_place(match.group(0), words, places):
+            found.append([part.strip() for part in _key_parts(match.group(0), words)])
+    return found
 
 
 def _is_place(run: str, words: list[str], places: frozenset[str]) -> bool:

@@ -134,6 +134,7 @@ def _all_title_words() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def place_names() -> frozenset[str]:
     """Lower-cased full place names: tells "Taipei, Taiwan" (places) from "Carmen Montenegro"
     (a person, though each word alone names a place somewhere)."""

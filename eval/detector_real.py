@@ -139,13 +139,17 @@ def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseR
     from sklearn.metrics import roc_auc_score
 
     from oblivio.detector import fit_forget_set
+    from oblivio.detector.attributes import pair_floors
 
     started = time.perf_counter()
     scorer = fit_forget_set(cache.extractor, list(case.texts), name="case", subjects=list(case.subjects))
     fit_seconds = time.perf_counter() - started
 
     def score(texts: tuple[str, ...]) -> np.ndarray:
-        return scorer.score_features(cache.features(texts), generic)
+        """As the server's DetectorBank scores (its spelling variants aside)."""
+        floors = pair_floors([[t] for t in texts], scorer.pair_digests, cache.extractor.secret(),
+                             cache.extractor.is_common_word)
+        return np.maximum(scorer.score_features(cache.features(texts), generic), floors)
 
     pos = score(case.positives)
     near = {group: score(texts) for group, texts in case.near.items()}

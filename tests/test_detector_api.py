@@ -183,3 +183,20 @@ def test_detector_device_auto_is_the_cpu_without_a_gpu_and_bad_names_are_refused
     assert resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(ValueError, match="detector device must be"):
         resolve_device("tpu")
+
+
+def test_stored_scorers_name_the_projection_without_its_secret_seed(
+    detector_extractor: Any, two_fitted_sets: dict[str, Any], tmp_path: Path
+) -> None:
+    """The seed keeps stored banks from being inverted, so meta.json holds a digest of it; a set
+    stored with the seed itself (before this) still loads and scores in the same space."""
+    directory = tmp_path / "p0"
+    two_fitted_sets["p0"].save(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    assert "projection_seed" not in meta["fingerprint"]
+    meta["fingerprint"].pop("projection")
+    meta["fingerprint"]["projection_seed"] = detector_extractor.projection_seed
+    (directory / "meta.json").write_text(json.dumps(meta))
+    old = ForgetSetScorer.load(directory)
+    old.check_compatible(detector_extractor)
+    assert old.fingerprint == detector_extractor.fingerprint()
