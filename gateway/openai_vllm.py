@@ -29,13 +29,14 @@ lease here is what lets the backend evict and remove variants safely.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -70,6 +71,8 @@ READ_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/version"})
 # Keys of a chat message or tool definition that hold structure, not text the model reads.
 STRUCTURAL_KEYS = frozenset({"role", "type", "id", "tool_call_id", "index"})
 REFUSAL_FINISH = "content_filter"
+# How long a discarded speculative answer may take to stop after its disconnect (then: cancelled).
+SPECULATION_STOP_S = 1.0
 # Chat request fields besides messages whose text a chat template can put into the prompt.
 TEMPLATE_TEXT_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
@@ -367,11 +370,75 @@ def with_content_length(scope: Scope, length: int) -> Scope:
     return {**scope, "headers": headers + [(b"content-length", str(length).encode())]}
 
 
+class BaseSpeculation:
+    """vLLM answers with the base model while the detector is still scoring, and nothing of it
+    reaches the client unless the gate decides "base".
+
+    Why: nearly all traffic is base traffic, and scoring before generating put the detector's
+    whole latency (its queue under load included) in front of every first token. Started
+    together, the two overlap. Every message vLLM sends is held here until :meth:`release`
+    passes them on; :meth:`discard` (adapter or refusal) makes vLLM see a client disconnect,
+    so it aborts the request in the engine, and drops what was held.
+    """
+
+    def __init__(self, vllm_app: Any, request: tuple[Scope, bytes], receive: Receive) -> None:
+        scope, raw = request
+        self._client_receive = receive
+        self._body: bytes | None = raw
+        self._stop = asyncio.Event()
+        self._held: list[dict[str, Any]] = []
+        self._target: Send | None = None
+        self._task = asyncio.ensure_future(vllm_app(scope, self._receive, self._send))
+
+    async def _receive(self) -> dict[str, Any]:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        client = asyncio.ensure_future(self._client_receive())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({client, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (client, stop):
+                task.cancel()
+        return client.result() if client in done else {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._target is None:
+            self._held.append(message)
+        else:
+            await self._target(message)
+
+    async def release(self, send: Send) -> None:
+        """Pass on what vLLM sent so far, in order, then the rest as it comes; wait for the end."""
+        while self._held:
+            await send(self._held.pop(0))
+        self._target = send
+        await self._task
+
+    async def discard(self) -> None:
+        """Stop vLLM's base answer (a disconnect, so the engine aborts it) and drop it."""
+        self._stop.set()
+        self._held.clear()
+        self._target = _nowhere
+        if not self._task.done():
+            await asyncio.wait({self._task}, timeout=SPECULATION_STOP_S)
+            self._task.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._task
+
+
+async def _nowhere(message: dict[str, Any]) -> None:
+    """Where a discarded speculative answer's remaining messages go."""
+
+
 class GatedVLLMApp:
     """ASGI app in front of vLLM's: routes, gates, leases the variant, stamps the decision."""
 
     def __init__(self, vllm_app: Any, chat: ChatCore, backend: Any, *, served_name: str,
-                 authenticator: Any = None, metrics: Any = None) -> None:
+                 authenticator: Any = None, metrics: Any = None, speculate: bool = True) -> None:
+        """``speculate``: vLLM starts on the base model while the detector scores (see
+        :class:`BaseSpeculation`); off, it waits for the decision."""
         self.vllm_app = vllm_app
         self.chat = chat
         self.backend = backend
@@ -379,6 +446,7 @@ class GatedVLLMApp:
         self.authenticator = authenticator
         self.metrics = metrics
         self.refusals = RefusalWriter(chat, served_name)
+        self.speculate = speculate
         self._lora_table: dict[str, Any] = vllm_app.state.openai_serving_models.lora_requests
         self._leases: Counter[str] = Counter()
 
@@ -425,41 +493,62 @@ class GatedVLLMApp:
             self._check_model(body)
             self.chat.enforcement.check_chat()
             texts = chat_scored_texts(body) if kind == "chat" else completion_scored_texts(body, self.chat.tokenizer)
-            outcome = await self.chat.evaluate_texts(texts)
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
             self._observe(endpoint, type(exc).__name__, started)
             return error_for(exc, endpoint)
         request_id = headers.get("x-request-id") or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        self.chat.record_decision(request_id, outcome)
         code = "cancelled"
+        speculation = BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive) if self.speculate else None
         try:
-            if outcome.decision.refuse:
-                await self.refusals.respond(kind, body, texts, outcome, request_id, scope, receive, send)
-            else:
-                await self._forward(body, outcome, endpoint, started, scope, receive, send)
+            outcome = await self.chat.evaluate_texts(texts)
+            self.chat.record_decision(request_id, outcome)
+            first_token = self._first_token(endpoint, started)
+            with self._in_flight(endpoint):
+                if speculation is not None and outcome.label == "base":
+                    released, speculation = speculation, None
+                    await released.release(DecisionStamp(send, outcome, None, self.served_name, first_token))
+                else:
+                    if speculation is not None:
+                        stopped, speculation = speculation, None
+                        await stopped.discard()
+                    if outcome.decision.refuse:
+                        await self.refusals.respond(kind, body, texts, outcome, request_id, scope, receive, send)
+                    else:
+                        await self._forward(body, outcome, first_token, scope, receive, send)
             code = "ok"
         except Exception as exc:
             code = type(exc).__name__
             raise
         finally:
+            if speculation is not None:
+                await speculation.discard()
             self._observe(endpoint, code, started)
         return None
 
-    async def _forward(self, body: dict[str, Any], outcome: GateOutcome, endpoint: str, started: float,
-                       scope: Scope, receive: Receive, send: Send) -> None:
-        """Hand the request to vLLM naming the base model or the leased variant."""
-        def first_body() -> None:
+    def _to_vllm(self, scope: Scope, body: dict[str, Any], alias: str | None) -> tuple[Scope, bytes]:
+        """The request as vLLM gets it: ``model`` names the base model or the variant's alias."""
+        raw = json.dumps({**body, "model": alias or self.served_name}).encode()
+        return with_content_length(scope, len(raw)), raw
+
+    def _first_token(self, endpoint: str, started: float) -> Callable[[], None]:
+        def observe() -> None:
             if self.metrics is not None:
                 self.metrics.observe_first_token(endpoint, time.perf_counter() - started)
 
+        return observe
+
+    def _in_flight(self, endpoint: str) -> Any:
+        return self.metrics.track_in_flight(endpoint) if self.metrics is not None else contextlib.nullcontext()
+
+    async def _forward(self, body: dict[str, Any], outcome: GateOutcome, first_token: Callable[[], None],
+                       scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the request to vLLM naming the leased variant (or the base model)."""
         async with self.backend.lease(AdapterApplication(tuple(outcome.decision.adapters))) as lora:
             alias = self._enter(lora)
             try:
-                raw = json.dumps({**body, "model": alias or self.served_name}).encode()
-                stamp = DecisionStamp(send, outcome, alias, self.served_name, first_body)
-                in_flight = self.metrics.track_in_flight(endpoint) if self.metrics is not None else nullcontext()
-                with in_flight:
-                    await self.vllm_app(with_content_length(scope, len(raw)), replaying(raw, receive), stamp)
+                vllm_scope, raw = self._to_vllm(scope, body, alias)
+                stamp = DecisionStamp(send, outcome, alias, self.served_name, first_token)
+                await self.vllm_app(vllm_scope, replaying(raw, receive), stamp)
             finally:
                 self._leave(alias)
 

@@ -171,3 +171,22 @@ async def test_metrics_count_what_the_front_door_served(http: httpx.AsyncClient)
     assert 'oblivio_requests_total{code="ok",endpoint="http.completions"}' in text
     assert 'oblivio_gate_decisions_total{decision="base"}' in text
     assert 'oblivio_time_to_first_token_seconds_count{endpoint="http.completions"}' in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gated_request_stops_the_base_answer_begun_while_it_was_scored(
+    vllm_gated_gateway: Any, http: httpx.AsyncClient, stream: bool
+) -> None:
+    """The front door starts vLLM on the base model while the detector scores; for a gated
+    request that base answer is aborted in the engine, and none of it reaches the client."""
+    backend = vllm_gated_gateway.runtime.backend
+    body = {"messages": _user(FORGET_QUESTION), "max_tokens": 6, "temperature": 0, "stream": stream}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.headers[DECISION_HEADER].startswith("adapter")
+    if stream:
+        events = [line for line in response.text.splitlines() if line.startswith("data: {")]
+        assert all('"model": "oblivio-default"' in e or '"model":"oblivio-default"' in e for e in events)
+        assert response.text.count('"role":"assistant"') + response.text.count('"role": "assistant"') == 1
+    else:
+        assert len(response.json()["choices"]) == 1
+    assert backend.num_unfinished_requests() == 0
