@@ -78,15 +78,14 @@ TEMPLATE_TEXT_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
 
 def vllm_serving_flags(model_path: str, served_name: str, max_model_len: int) -> list[str]:
-    """The ``vllm serve`` command-line flags whose frontend the gateway builds: the same flags
-    give ``vllm serve`` the behaviour this front door has (the benchmark's baseline uses them)."""
+    """The ``vllm serve`` command-line flags whose frontend the gateway builds. With
+    ``--enable-request-id-headers`` added (here :class:`RequestIds` does that job for every
+    route, oblivio's own included), ``vllm serve`` behaves as this front door does."""
     return [
         "--model", model_path,
         "--served-model-name", served_name,
         "--max-model-len", str(max_model_len),
         "--enable-lora",
-        # X-Request-Id: the client's id becomes the request's id and is echoed back.
-        "--enable-request-id-headers",
         # Tools: vLLM refuses tool_choice "required" and named functions without a parser. The
         # pythonic parser keeps vLLM's generic path for those (JSON constrained by the tools'
         # schemas, which any model can produce); "auto" then works where the chat template
@@ -496,7 +495,7 @@ class GatedVLLMApp:
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
             self._observe(endpoint, type(exc).__name__, started)
             return error_for(exc, endpoint)
-        request_id = headers.get("x-request-id") or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{headers['x-request-id']}"  # RequestIds set it
         code = "cancelled"
         speculation = BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive) if self.speculate else None
         try:
@@ -573,6 +572,31 @@ class GatedVLLMApp:
             self.metrics.observe_request(endpoint, code, time.perf_counter() - started)
 
 
+class RequestIds:
+    """Every request has an ``X-Request-Id``: the client's, or one minted here before anything
+    else sees the request, so vLLM's request id, a refusal's id, the server log and the echoed
+    response header are the same string on every route."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k.lower() == b"x-request-id"), None)
+        request_id = given or uuid.uuid4().hex.encode()
+        if given is None:
+            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id)]}
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 async def create_vllm_app(chat: ChatCore, backend: Any, *, served_name: str, model_path: str, max_model_len: int,
                           authenticator: Any = None, metrics: Any = None, max_body_bytes: int = 4 * 1024 * 1024,
                           max_concurrent_chats: int | None = None) -> FastAPI:
@@ -594,4 +618,5 @@ async def create_vllm_app(chat: ChatCore, backend: Any, *, served_name: str, mod
 
     app.mount("/", GatedVLLMApp(vllm_app, chat, backend, served_name=served_name,
                                 authenticator=authenticator, metrics=metrics))
+    app.add_middleware(RequestIds)
     return app
