@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("name", help="set name: a-z, 0-9, '_' or '-' (also the adapter name)")
     reg.add_argument("file", type=Path, help='JSONL of {"question","answer"} or {"text"}, or .txt (one text per line)')
     reg.add_argument("--description", default="")
-    reg.add_argument("--subject", action="append", default=[], help="a subject name (person, topic); repeatable")
+    reg.add_argument("--subject", action="append", default=[],
+                     help="who or what is to be forgotten, by name (a person, a place, a work); repeatable. "
+                          "The detector's measured setting: without it, names are guessed from capitalised words")
     reg.add_argument("--method", choices=METHODS, default="refusal", help="unlearning loss (default refusal)")
     reg.add_argument("--keep-data", action="store_true", help="keep the raw examples after training")
     reg.add_argument("--wait", action="store_true", help="follow the registration until it is live or failed")
@@ -95,6 +97,13 @@ def read_examples(path: Path) -> list[dict[str, str]]:
     return examples
 
 
+NO_SUBJECT_HINT = (
+    "oblivio forget: no --subject given, so the detector guesses names from capitalised words and "
+    "may take descriptors (\"Japanese\", \"African American\") for names; name who or what is to be "
+    "forgotten with --subject for the precise, measured setting (detector/README.md)"
+)
+
+
 def _requests(args: argparse.Namespace, examples: list[dict[str, str]]) -> Iterator[Any]:
     from oblivio.gateway.admin_forget import METHOD_TO_PROTO
     from oblivio.v1 import oblivio_pb2 as pb
@@ -149,6 +158,8 @@ def _follow(admin: Any, name: str, job: str, as_json: bool) -> int:
 def _register(args: argparse.Namespace) -> int:
     def body(admin: Any) -> int:
         examples = read_examples(args.file)
+        if not args.subject:
+            print(NO_SUBJECT_HINT, file=sys.stderr)
         response = admin.call("RegisterForgetSet", _requests(args, examples))
         if args.json:
             print(message_to_json(response))

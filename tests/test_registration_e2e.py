@@ -347,3 +347,13 @@ def test_cli_input_that_is_not_utf8_is_one_line_and_exit_2(tmp_path, command: li
     assert result.stderr.strip().splitlines() == [
         f"oblivio {command[0]}: {path}:2: not UTF-8 text (byte 0xf9 at offset {offset}); save the file as UTF-8"
     ]
+
+
+async def test_cli_registration_without_subjects_says_how_to_name_them(tmp_path) -> None:
+    """The detector is measured with --subject; without it the CLI says what that costs (the
+    hint comes before the server is even contacted, so an unreachable address suffices)."""
+    examples = tmp_path / "elena.jsonl"
+    examples.write_text('{"question": "Where was Elena born?", "answer": "In Lyon."}\n')
+    code, _, err = await _cli("register", "elena", str(examples), "--address", "127.0.0.1:1", "--timeout", "2")
+    assert code != 0
+    assert "no --subject given" in err
