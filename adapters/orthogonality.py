@@ -48,11 +48,13 @@ def live_lora_a(model: torch.nn.Module, adapter_name: str = "default") -> dict[s
     """The trainable A matrices of a live peft model (views onto the parameters, not copies)."""
     from peft.tuners.lora import LoraLayer
 
-    matrices = {}
+    matrices: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
             key = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
-            matrices[key] = module.lora_A[adapter_name].weight
+            weight = module.lora_A[adapter_name].weight
+            assert isinstance(weight, torch.Tensor)  # a Linear's weight; typed Tensor | Module
+            matrices[key] = weight
     return matrices
 
 

@@ -43,6 +43,7 @@ Per set: VALIDATING -> FITTING_DETECTOR -> ENFORCING -> TRAINING -> PUBLISHING -
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import shutil
@@ -514,13 +515,13 @@ class RegistrationPipeline:
             except Exception:  # noqa: BLE001 - a failed poll is retried on the next tick
                 log.exception("syncing registrations from the shared registry failed")
 
-    async def sync_from_registry(self) -> list[str]:
+    async def sync_from_registry(self) -> builtins.list[str]:  # builtins: the class has a list() method
         """Load what other replicas published to the shared store; drop what they deleted.
 
         Sets with a job running in THIS process are left to that job. FAILED sets are not
         loaded (their artifacts may be what failed). Returns the names that changed here.
         """
-        changed: list[str] = []
+        changed: builtins.list[str] = []
         self.policy_store.refresh()  # gate policy changes made on another replica
         async with self._sync_lock:
             records = {r.name: r for r in self.registry.list()}
@@ -611,7 +612,12 @@ class RegistrationPipeline:
     def _spawn(self, name: str) -> None:
         task = asyncio.get_running_loop().create_task(self._run(name), name=f"register-{name}")
         self._tasks[name] = task
-        task.add_done_callback(lambda t, n=name: self._tasks.pop(n, None) if self._tasks.get(n) is t else None)
+
+        def forget(done: asyncio.Task[None]) -> None:  # unless a newer job of the set replaced it
+            if self._tasks.get(name) is done:
+                del self._tasks[name]
+
+        task.add_done_callback(forget)
 
     async def _run(self, name: str) -> None:
         try:
@@ -703,7 +709,7 @@ class RegistrationPipeline:
             self._advance(name, State.LIVE, "adapter live: the gate now applies it to matched prompts")
 
     @staticmethod
-    def _load_examples(path: Path) -> list[ForgetExample]:
+    def _load_examples(path: Path) -> builtins.list[ForgetExample]:
         if not path.is_file():
             raise RuntimeError("the forget set's examples were lost before training finished; register it again")
         return [ForgetExample.from_mapping(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

@@ -26,6 +26,7 @@ take the job over only once the lease has expired (its owner died or hung).
 
 from __future__ import annotations
 
+import builtins
 import enum
 import json
 import time
@@ -357,14 +358,14 @@ class Registry(ABC):
             raise UnknownJobError(f"no registration job with id {job_id!r}")
         return _job_from_row(row)
 
-    def jobs_for(self, name: str) -> list[JobRecord]:
+    def jobs_for(self, name: str) -> builtins.list[JobRecord]:  # builtins: the class has a list() method
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_JOB_FIELDS} FROM jobs WHERE set_name = ? ORDER BY created_at", (name,)
             ).fetchall()
         return [_job_from_row(row) for row in rows]
 
-    def unfinished(self) -> list[ForgetSetRecord]:
+    def unfinished(self) -> builtins.list[ForgetSetRecord]:
         """Sets whose latest job stopped before a terminal state (to resume at start-up)."""
         return [record for record in self.list() if not record.state.terminal]
 

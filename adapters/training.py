@@ -311,6 +311,7 @@ def train_unlearning_lora(
         for index in chosen:
             user, answer = pairs[index]
             target = _refusal_for(index, step, settings.seed) if method == "refusal" else answer
+            assert target is not None  # ``usable`` holds answered items only, unless the method is refusal
             rows.append(encode_chat_turn(tokenizer, user, target, settings.max_length))
         batch = collate_turns(rows, pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

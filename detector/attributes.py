@@ -50,7 +50,7 @@ def pair_digests(texts: Iterable[str], secret: bytes, is_common: IsCommonWord) -
 
     Within one sentence: a paragraph that mentions a city in one sentence and an unrelated year
     in another does not identify anybody by that pair."""
-    digests = set()
+    digests: set[str] = set()
     for text in texts:
         for sentence in _SENTENCE_END.split(text):
             places, years = _places_and_years(sentence, is_common)

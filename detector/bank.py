@@ -111,7 +111,7 @@ class DetectorBank:
         self._raise_for_pairs(variants, out, snap)
         return out
 
-    def _raise_for_pairs(self, variants: list[list[str]], out: list[dict[str, float]], snap: _Snapshot) -> None:
+    def _raise_for_pairs(self, variants: Sequence[Sequence[str]], out: list[dict[str, float]], snap: _Snapshot) -> None:
         """A prompt stating a forget text's place and year together scores at least
         ``PAIR_MATCH_PROBABILITY`` for that set (see ``attributes``), whatever its banks say."""
         for name, digests in snap.pair_digests.items():

@@ -28,9 +28,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["FeatureExtractor", "PromptFeatures", "validate_texts"]
 
@@ -70,13 +74,13 @@ class PromptFeatures:
     def n_prompts(self) -> int:
         return len(self.offsets) - 1
 
-    def row_indices(self, prompts: Sequence[int]) -> np.ndarray:
+    def row_indices(self, prompts: Sequence[int] | np.ndarray) -> np.ndarray:
         """Token rows owned by ``prompts`` (in that order)."""
         return np.concatenate(
             [np.arange(self.offsets[r], self.offsets[r + 1]) for r in prompts] or [np.zeros(0, dtype=np.int64)]
         ).astype(np.int64)
 
-    def subset(self, rows: Sequence[int]) -> "PromptFeatures":
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "PromptFeatures":
         """Features of the prompts ``rows`` (in that order)."""
         rows = list(rows)
         idx = self.row_indices(rows)
@@ -107,7 +111,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         tokenizer,
         *,
         layers: Sequence[int],
@@ -425,7 +429,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _covering_windows(windows: Sequence[Sequence[int]]) -> list[int]:
+def _covering_windows(windows: Sequence[list[int]]) -> list[int]:
     """For each window, the index of a window it is the beginning of (itself if none)."""
     order = sorted(range(len(windows)), key=lambda i: windows[i])
     source = list(range(len(windows)))

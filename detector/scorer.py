@@ -143,7 +143,7 @@ class ForgetSetScorer:
             arrays[f"swap_{l}"] = quantize_rows(self.banks.swap[l])
         tmp = directory / "state.npz.tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle
         tmp.replace(directory / "state.npz")
         meta = {
             "format_version": FORMAT_VERSION,
@@ -261,9 +261,9 @@ def fit_forget_set(
         train = np.flatnonzero(fold_of != fold)
         s_train = np.flatnonzero(fold_of[bank_src] != fold)
         c_test = np.flatnonzero(fold_of[calib_src] == fold)
-        rows = fb.row_indices(train)
+        train_rows = fb.row_indices(train)
         banks = build_banks(
-            fb.subset(train), {l: coverage[l][rows] for l in layers}, fs.subset(s_train) if len(s_train) else None, layers, seed + fold, dedupe
+            fb.subset(train), {l: coverage[l][train_rows] for l in layers}, fs.subset(s_train) if len(s_train) else None, layers, seed + fold, dedupe
         )
         stacked = StackedBanks([banks], generic.tokens, layers)
         parts = [(fp.subset(np.flatnonzero(fold_of == fold)), 1, 0), (bg.subset(calib_rows), 0, 2)]

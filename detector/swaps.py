@@ -82,8 +82,8 @@ def find_entities(texts: Sequence[str], subjects: Sequence[str], is_common: IsCo
         place_subjects = frozenset(s.strip().lower() for s in subjects if s.strip().lower() in places)
         return ForgetEntities(frozenset(names), frozenset(exclude), place_subjects)
     if not names - in_places and place_runs:
-        words = {w for run in place_runs for w in run.split()}
-        return ForgetEntities(frozenset(w for t in texts for w in re.findall(r"[\w\-]+", t) if w.lower() in words), frozenset(exclude), frozenset(place_runs))
+        place_words = {w for run in place_runs for w in run.split()}
+        return ForgetEntities(frozenset(w for t in texts for w in re.findall(r"[\w\-]+", t) if w.lower() in place_words), frozenset(exclude), frozenset(place_runs))
     return ForgetEntities(frozenset(names - in_places), frozenset(exclude))
 
 

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> Path:
             y = np.r_[np.ones(len(pos_rows)), np.zeros(len(neg_rows))]
             s_ours = ours_all[rows]
             base_auc = {l: roc_auc_score(y, b[rows]) for l, b in base_all.items()}
-            best = max(base_auc, key=base_auc.get)
+            best = max(base_auc, key=lambda layer: base_auc[layer])
             s_base = base_all[best][rows]
             n1 = len(pos_rows)
             png = out / f"roc_{split.replace('+', '_')}_{kind}.png"
@@ -288,7 +288,7 @@ def scoring_latency(extractor, templates: dict, repeats: int, counts: tuple[int,
 def _cost(config, extractor, scorers, quick) -> tuple[list[tuple[str, int, float, float]], tuple[float, float]]:
     """Latency of scoring one prompt vs number of registered sets, and one 32-token generation."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     LOG.info("cost: scoring latency vs registered sets, and one 32-token generation")
     sizes = [k for k in ("forget01", "forget05") if k in scorers] or [next(iter(scorers))]
@@ -296,6 +296,7 @@ def _cost(config, extractor, scorers, quick) -> tuple[list[tuple[str, int, float
     tok = AutoTokenizer.from_pretrained(config.model_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=torch.float32).eval()
     ids = tok.apply_chat_template([{"role": "user", "content": COST_PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert isinstance(ids, BatchEncoding)  # what return_dict=True returns; typed as every possible result
 
     def generate() -> None:
         with torch.inference_mode():

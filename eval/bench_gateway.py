@@ -133,22 +133,21 @@ def make_adapter(model_path: Path, out_dir: Path) -> Path:
         for param_name, param in peft_model.named_parameters():
             if "lora_B" in param_name:
                 param.normal_(0.0, 0.02)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir
 
 
 def build_detector_with_set(config: Any) -> Any:
     """A real detector bank with one fitted forget set, or None if the package is absent."""
     try:
-        from oblivio.detector import fit_forget_set
+        from oblivio.detector import DetectorBank, fit_forget_set
     except ImportError as exc:
         LOG.warning("detector package unavailable (%s): benchmarking without a detector", exc)
         return None
     from oblivio.gateway.runtime import build_detector
 
     bank = build_detector(config)
-    if bank is None:
-        return None
+    assert isinstance(bank, DetectorBank)  # typed as the chat core's narrower view of it
     extractor = getattr(bank, "extractor", None) or getattr(bank, "_extractor")
     bank.add(SET_NAME, fit_forget_set(extractor, list(FORGET_TEXTS), name=SET_NAME, subjects=["Elena Marchetti"]))
     return bank

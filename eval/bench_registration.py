@@ -59,7 +59,7 @@ async def _probe_latency(backend: Any, prompt_ids: list[int], stop: asyncio.Even
 async def run(
     sizes: list[int], quick: bool, threads: int, model_path: Path, workdir: Path, epochs: float | None = None
 ) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BatchEncoding
 
     from oblivio.adapters.pipeline import RegistrationPipeline
     from oblivio.detector import DetectorBank, FeatureExtractor
@@ -69,7 +69,7 @@ async def run(
 
     training = (
         TrainingSettings(steps=3, batch_size=2, max_length=48, learning_rate=3e-3)
-        if quick else TrainingSettings(**({"epochs": epochs} if epochs else {}))
+        if quick else TrainingSettings(epochs=epochs) if epochs else TrainingSettings()
     )
     backend = ReferenceBackend(model_path)
     await backend.start()
@@ -84,6 +84,7 @@ async def run(
     encoded = tokenizer.apply_chat_template(
         [{"role": "user", "content": PROBE}], add_generation_prompt=True, tokenize=True, return_dict=True
     )
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns; typed as every possible result
     prompt_ids = list(encoded["input_ids"])
 
     idle: list[float] = []

@@ -28,15 +28,16 @@ def detector_cost(extractor: Any, scorer: Any, label: str, counts: tuple[int, ..
 
 
 async def _generation_seconds(config: Any, repeats: int) -> list[float]:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BatchEncoding
 
     from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
     from oblivio.gateway.backends.factory import build_backend
 
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": COST_PROMPT}], add_generation_prompt=True, tokenize=True)
-    if not isinstance(prompt, list):  # transformers 5 returns an encoding
-        prompt = prompt["input_ids"]
+    encoded = tokenizer.apply_chat_template([{"role": "user", "content": COST_PROMPT}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns; typed as every possible result
+    prompt = list(encoded["input_ids"])
     backend = build_backend(config)
     await backend.start()
     try:

@@ -203,7 +203,7 @@ def _plots(out: Path, result: CaseResult, scores: dict[str, np.ndarray]) -> tupl
     fig.savefig(out / roc_png)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=110)
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     for label, key in (("forget, held out", "forget"), ("near", "near"), ("far", "far")):
         ax.hist(scores[key], bins=bins, alpha=0.55, label=f"{label} ({len(scores[key])})", density=True)
     ax.axvline(THRESHOLD, color="red", lw=0.8, ls="--")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -109,7 +110,7 @@ async def register_and_wait(admin: pb_grpc.AdminStub, name: str, pairs: Sequence
 
 async def set_default_policy(admin: pb_grpc.AdminStub, **changes: float | str) -> int:
     """Apply changes to the default gate policy; returns the new policy version."""
-    fields: dict[str, object] = {k: v for k, v in changes.items() if k != "mode"}
+    fields: dict[str, Any] = {k: v for k, v in changes.items() if k != "mode"}
     if "mode" in changes:
         fields["mode"] = GATE_MODES[str(changes["mode"])]
     policy = await admin.UpdateGatePolicy(pb.UpdateGatePolicyRequest(changes=pb.SetPolicyChanges(**fields)))

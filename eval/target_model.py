@@ -90,7 +90,7 @@ def finetune_on_people(
     """Teach the model every question (fit and paraphrase templates) about ``person_ids``,
     mixed with as many questions about ``replay_ids`` (sampled), which it should keep knowing."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     items = dataset.items(person_ids)
     if not items:
@@ -105,16 +105,16 @@ def finetune_on_people(
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     model.config.use_cache = False
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    lora_model = get_peft_model(model, lora)
     encoded = [encode_chat_turn(tokenizer, item.question, item.answer, settings.max_length) for item in items]
     total = max(1, round(settings.epochs * len(encoded) / settings.batch_size))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
     started, losses = time.monotonic(), []
-    model.train()
+    lora_model.train()
     for step in range(total):
         batch = collate_turns([encoded[i] for i in batch_indices(step, len(encoded), settings.batch_size, settings.seed)], pad_id)
-        loss = answer_loss(model, batch)
+        loss = answer_loss(lora_model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,7 +122,8 @@ def finetune_on_people(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, total, losses[-1])
-    merged = model.merge_and_unload()
+    merged = lora_model.merge_and_unload()
+    assert isinstance(merged, PreTrainedModel)  # the base model again; peft types it as any Module
     merged.config.use_cache = True
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -9,7 +9,7 @@ Health checking and reflection stay open so orchestrators can probe without cred
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -149,7 +149,7 @@ def _denying_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, mess
     async def abort_unary(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    async def abort_stream(request_or_iterator: object, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def abort_stream(request_or_iterator: object, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(code, message)
         yield  # pragma: no cover - unreachable, makes this an async generator
 

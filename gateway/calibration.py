@@ -162,7 +162,7 @@ def _rates(pos: np.ndarray, neg: np.ndarray, threshold: float) -> tuple[float, f
 
 
 def suggest_threshold(
-    labels: Sequence[bool], scores: Sequence[float], target: CalibrationTarget
+    labels: Sequence[bool], scores: Sequence[float] | np.ndarray, target: CalibrationTarget
 ) -> float:
     """The gate threshold meeting ``target`` on these scores, in [0, 1].
 

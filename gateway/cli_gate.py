@@ -274,7 +274,7 @@ def _explain(args: argparse.Namespace) -> int:
     return run_admin_command(args, body, "oblivio gate")
 
 
-_ROLES = {"system": 1, "user": 2, "assistant": 3}
+_ROLES = ("system", "user", "assistant")
 
 
 def read_conversations(path: Path) -> list[Any]:
@@ -304,7 +304,7 @@ def read_conversations(path: Path) -> list[Any]:
                 for item in row["messages"]:
                     if not isinstance(item, dict) or item.get("role") not in _ROLES or not isinstance(item.get("content"), str):
                         raise CliInputError(f'{where}: messages must be {{"role": system|user|assistant, "content": str}}')
-                    messages.append(pb.ChatMessage(role=_ROLES[item["role"]], content=item["content"]))
+                    messages.append(pb.ChatMessage(role=pb.Role.Value(f"ROLE_{item['role'].upper()}"), content=item["content"]))
             else:
                 raise CliInputError(f'{where}: expected {{"prompt": ...}} or {{"messages": [...]}}')
             conversations.append(pb.Conversation(messages=messages))

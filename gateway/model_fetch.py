@@ -73,16 +73,20 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
 def greedy_chat_answer(model_dir: Path, question: str, max_new_tokens: int = 24) -> str:
     """One greedy chat turn with transformers; used to verify a model folder actually works."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
+    assert isinstance(ids, BatchEncoding)  # what return_dict=True returns; typed as every possible result
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        # transformers types generate()'s self as a Protocol its own Auto model classes do not meet under mypy.
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)  # type: ignore[misc]
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert isinstance(answer, str)  # one sequence decodes to one string
+    return answer.strip()
 
 
 def verify_model(model_dir: Path) -> str:

@@ -420,7 +420,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
                     yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
         except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
             response = error_for(exc, CHAT_ENDPOINT)
-            yield f"data: {response.body.decode()}\n\n"
+            yield f"data: {bytes(response.body).decode()}\n\n"
             return
         if include_usage:
             yield event([], usage=_usage(session.prompt_tokens, session.completion_tokens))

@@ -80,7 +80,7 @@ def explain_to_proto(outcome: GateOutcome) -> pb.ExplainResponse:
     )
 
 
-def finish_reason_to_proto(reason: str | None) -> int:
+def finish_reason_to_proto(reason: str | None) -> pb.FinishReason:
     return FINISH_REASONS.get(reason or "stop", pb.FINISH_REASON_STOP)
 
 

@@ -379,12 +379,13 @@ class VLLMBackend:
         lora_id = next(self._lora_ids)
         label = "+".join(f"{name}@{scale:g}" for name, _, scale in key)
         assert self._variant_dir is not None
-        folder: Path | None = self._variant_dir / f"lora-{lora_id}"
+        built = self._variant_dir / f"lora-{lora_id}"
+        folder: Path | None = built  # what this variant owns on disk (None: the adapter's own folder)
         if len(key) == 1 and key[0][2] == 1.0:
             path, folder = self._adapters[key[0][0]].path, None
         elif len(key) == 1:
             name, _, scale = key[0]
-            path = await asyncio.to_thread(build_scaled, self._adapters[name].path, scale, folder)
+            path = await asyncio.to_thread(build_scaled, self._adapters[name].path, scale, built)
         else:
             total = sum(self._adapters[name].rank for name, _, _ in key)
             if total > self.engine_config.max_lora_rank:
@@ -394,7 +395,7 @@ class VLLMBackend:
                 )
             parts = [(self._adapters[name].path, scale) for name, _, scale in key]
             path = await asyncio.to_thread(
-                build_stacked, parts, folder, max_lora_rank=self.engine_config.max_lora_rank
+                build_stacked, parts, built, max_lora_rank=self.engine_config.max_lora_rank
             )
         variant = _Variant(
             key=key,
