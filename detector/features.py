@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from oblivio.gateway.errors import InvalidArgument
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -263,8 +265,8 @@ class FeatureExtractor:
         encoded = self.tokenizer(list(texts), add_special_tokens=False).input_ids
         budget = self.context_length - len(self._prefix_ids) - len(self._suffix_ids)
         for i, ids in enumerate(encoded):
-            if len(ids) > budget:
-                raise ValueError(
+            if len(ids) > budget:  # the caller's text (e.g. a calibration probe) is too long: a client error
+                raise InvalidArgument(
                     f"prompt {i} has {len(ids)} tokens, longer than the model's context window "
                     f"({self.context_length} tokens including the chat turn markers)"
                 )
