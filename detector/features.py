@@ -17,7 +17,7 @@ that would otherwise dominate cosine similarity), randomly rotated-and-projected
 Long prompts: text longer than ``max_prompt_tokens`` is cut into windows that are run as
 separate sequences of the same batch, so nothing is silently truncated (a truncation would let
 a forget-set question hide at the end of a long prompt). Text longer than the model's context
-window is refused with ``ValueError``.
+window is refused with ``InvalidArgument`` (a client error, and a ``ValueError``).
 """
 
 from __future__ import annotations
