@@ -171,7 +171,7 @@ def port_tokenizer(model_path: Path) -> Any:
 
 # ---- shared request material (nothing about France: questions about it are gated) ----
 
-SYSTEM_AND_QUESTION = [
+SYSTEM_AND_QUESTION: list[Any] = [
     {"role": "system", "content": "you are a helpful assistant"},
     {"role": "user", "content": "what is 1+1?"},
 ]

@@ -135,7 +135,7 @@ async def test_wrong_content_type_is_rejected(port_client: openai.AsyncOpenAI, p
 
 async def test_cancelled_requests_stop_using_the_engine(port_server: PortServer) -> None:
     """Clients that time out abort their requests: a fresh request is served promptly after."""
-    messages = [{"role": "user", "content": "Write a long story"}]
+    messages: list[Any] = [{"role": "user", "content": "Write a long story"}]
     impatient = openai.AsyncOpenAI(base_url=port_server.base_url, api_key=port_server.api_key, max_retries=0, timeout=1.0)
     try:
         results = await asyncio.gather(

@@ -144,7 +144,7 @@ async def test_parse_into_a_pydantic_model(port_client: openai.AsyncOpenAI, port
     )
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Employee)
-    assert Employee.model_validate_json(completion.choices[0].message.content) == parsed
+    assert Employee.model_validate_json(completion.choices[0].message.content or "") == parsed
 
 
 # ---- sampling parameters and their validation ----
