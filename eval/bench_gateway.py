@@ -144,7 +144,7 @@ def build_detector_with_set(config: Any) -> Any:
     except ImportError as exc:
         LOG.warning("detector package unavailable (%s): benchmarking without a detector", exc)
         return None
-    from oblivio.gateway.runtime import build_detector
+    from oblivio.gateway.serving.runtime import build_detector
 
     bank = build_detector(config)
     assert isinstance(bank, DetectorBank)  # typed as the chat core's narrower view of it
@@ -157,12 +157,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     import grpc
     from openai import AsyncOpenAI
 
-    from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
-    from oblivio.gateway.backends.factory import build_backend
-    from oblivio.gateway.chat_core import Message
+    from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
+    from oblivio.gateway.serving.backends.factory import build_backend
+    from oblivio.gateway.serving.chat_core import Message
     from oblivio.gateway.config import load_config
-    from oblivio.gateway.proto_convert import SERVED
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.proto_convert import SERVED
+    from oblivio.gateway.api.server import Gateway
     from oblivio.v1 import oblivio_pb2 as pb
     from oblivio.v1 import oblivio_pb2_grpc
 
@@ -178,7 +178,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.model is None:
         from oblivio.gateway.config import default_model_path
-        from oblivio.gateway.model_fetch import fetch_default_model
+        from oblivio.gateway.serving.model_fetch import fetch_default_model
 
         args.model = fetch_default_model(default_model_path())
     overrides["model.path"] = str(args.model)

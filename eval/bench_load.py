@@ -274,7 +274,7 @@ async def load_with_registration(grpc_target: str, http_url: str, *, streams: in
 
 async def _main(args: argparse.Namespace) -> int:
     from oblivio.gateway.config import default_model_path, load_config
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     with tempfile.TemporaryDirectory(prefix="oblivio-load-") as home:
         config = load_config(overrides={

@@ -44,7 +44,7 @@ def forget_examples(n: int, seed: int = 0, skip_people: int = 0) -> list[ForgetE
 
 
 async def _probe_latency(backend: Any, prompt_ids: list[int], stop: asyncio.Event, out: list[float]) -> None:
-    from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
+    from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
 
     i = 0
     while not stop.is_set():
@@ -63,9 +63,9 @@ async def run(
 
     from oblivio.adapters.pipeline import RegistrationPipeline
     from oblivio.detector import DetectorBank, FeatureExtractor
-    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
     from oblivio.gateway.config import DetectorConfig, GateConfig
-    from oblivio.gateway.policy_store import PolicyStore
+    from oblivio.gateway.gate.policy_store import PolicyStore
 
     training = (
         TrainingSettings(steps=3, batch_size=2, max_length=48, learning_rate=3e-3)

@@ -692,7 +692,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import httpx
 
     from oblivio.gateway.config import default_model_path
-    from oblivio.gateway.model_fetch import fetch_default_model
+    from oblivio.gateway.serving.model_fetch import fetch_default_model
 
     model = args.model or fetch_default_model(default_model_path())
     shape = EngineShape(model=Path(model), max_model_len=args.max_model_len, max_num_seqs=max(args.levels),

@@ -30,8 +30,8 @@ def detector_cost(extractor: Any, scorer: Any, label: str, counts: tuple[int, ..
 async def _generation_seconds(config: Any, repeats: int) -> list[float]:
     from transformers import AutoTokenizer, BatchEncoding
 
-    from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
-    from oblivio.gateway.backends.factory import build_backend
+    from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
+    from oblivio.gateway.serving.backends.factory import build_backend
 
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     encoded = tokenizer.apply_chat_template([{"role": "user", "content": COST_PROMPT}], add_generation_prompt=True,

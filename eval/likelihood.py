@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from oblivio.eval.metrics import truth_ratio
-from oblivio.gateway.backends.base import AdapterApplication
-from oblivio.gateway.backends.reference import ReferenceBackend
+from oblivio.gateway.serving.backends.base import AdapterApplication
+from oblivio.gateway.serving.backends.reference import ReferenceBackend
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def detector_latency(model: Path, artifacts_dir: Path, set_names: list[str], rep
     from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
     from oblivio.detector import ForgetSetScorer
     from oblivio.gateway.config import load_config
-    from oblivio.gateway.runtime import build_feature_extractor
+    from oblivio.gateway.serving.runtime import build_feature_extractor
 
     store = ArtifactStore(artifacts_dir / STORE_SUBDIR, create=False)
     extractor = build_feature_extractor(load_config(overrides={"model.path": str(model)}))

@@ -12,7 +12,7 @@ from oblivio.gateway.config import default_model_path
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The verified default model; fetched on first use so the test command needs no extra step."""
-    from oblivio.gateway.model_fetch import fetch_default_model
+    from oblivio.gateway.serving.model_fetch import fetch_default_model
 
     return fetch_default_model(default_model_path())
 

@@ -66,7 +66,7 @@ def lora_adapters(model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 async def reference_backend(model_path: Path) -> AsyncIterator:
     """A started ReferenceBackend with no adapters; tests add and remove their own."""
-    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
 
     backend = ReferenceBackend(model_path, max_model_len=2048)
     await backend.start()
@@ -89,7 +89,7 @@ async def vllm_backend(model_path: Path, tmp_path_factory: pytest.TempPathFactor
     vLLM pick bfloat16); two LoRA slots per batch, rank up to 32 (two stacked rank-8 adapters
     fit), a small share of host memory.
     """
-    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+    from oblivio.gateway.serving.backends.vllm_backend import VLLMBackend
     from oblivio.gateway.config import EngineConfig
 
     engine = EngineConfig(

@@ -52,7 +52,7 @@ def make_pipeline(
     ``options`` go to RegistrationPipeline (e.g. ``sync_interval``, ``lease_s``)."""
     from oblivio.adapters.pipeline import RegistrationPipeline
     from oblivio.gateway.config import GateConfig
-    from oblivio.gateway.policy_store import PolicyStore
+    from oblivio.gateway.gate.policy_store import PolicyStore
 
     return RegistrationPipeline(
         model_path=model_path,
@@ -75,7 +75,7 @@ async def gateway_with_registration(config: Any, backend: Any, detector: Any, tr
     """A started Gateway whose registration pipeline trains with ``training``; every set it
     registered is deleted on exit, so the shared backend and detector bank come back clean."""
     from oblivio.adapters.pipeline import RegistrationPipeline
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     gateway = await Gateway.create(config, backend=backend, detector=detector, registration=False)
     pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=training)

@@ -36,7 +36,7 @@ def serving_config(model_path: Path, home: Path, **overrides: Any) -> OblivioCon
 @asynccontextmanager
 async def started_gateway(config: Any, backend: Any, detector: Any = None) -> AsyncIterator[Any]:
     """A Gateway (gRPC + HTTP on ephemeral ports) started over ``backend``, stopped on exit."""
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     gateway = await Gateway.create(config, backend=backend, detector=detector)
     await gateway.start()

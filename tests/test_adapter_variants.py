@@ -19,8 +19,8 @@ from oblivio.adapters.variants import (
     module_scaling,
     read_config,
 )
-from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
-from oblivio.gateway.scale_grid import round_up_to_grid
+from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
+from oblivio.gateway.gate.scale_grid import round_up_to_grid
 
 PREFIX = "base_model.model.model.layers"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oblivio.gateway.cli import main as cli_main
-from oblivio.gateway.metrics import forget_set_metric_id
+from oblivio.gateway.cli.main import main as cli_main
+from oblivio.gateway.serving.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -28,7 +28,7 @@ SET = "gate_authors"
 async def gate_gateway(model_path: Path, reference_backend, tmp_path_factory: pytest.TempPathFactory):
     from fixtures_serving import serving_config
 
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("gate_admin_home"))
     gateway = await Gateway.create(config, backend=reference_backend, detector=None)
@@ -184,7 +184,7 @@ async def test_cli_reports_server_errors_clearly(gate_gateway, capsys: pytest.Ca
 
 
 def test_what_if_flags_parse_into_per_set_changes() -> None:
-    from oblivio.gateway.cli_gate import CliInputError, parse_what_if
+    from oblivio.gateway.cli.gate import CliInputError, parse_what_if
 
     requests = parse_what_if(["threshold=0.2", f"{SET}:mode=refusal", f"{SET}:max-scale=0.5", "refusal_threshold=none"])
     by_set = {r.forget_set: r.changes for r in requests}
@@ -204,7 +204,7 @@ async def detector_gateway(
     from fixtures_gate import GATE_SET
     from fixtures_serving import serving_config
 
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("gate_detector_home"))
     gateway = await Gateway.create(config, backend=reference_backend, detector=gate_detector_bank)

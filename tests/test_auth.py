@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from oblivio.gateway.auth import AuthError, Authenticator, Scope, scope_of_method
+from oblivio.gateway.api.auth import AuthError, Authenticator, Scope, scope_of_method
 from oblivio.gateway.config import AuthConfig, ConfigError, load_config
 
 ADMIN = "admin-token-0123456789abcdef"

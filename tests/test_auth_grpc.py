@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from oblivio.gateway.auth import AuthInterceptor, Authenticator
+from oblivio.gateway.api.auth import AuthInterceptor, Authenticator
 from oblivio.gateway.config import AuthConfig
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc as pb_grpc

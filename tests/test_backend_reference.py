@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from oblivio.gateway.backends.base import (
+from oblivio.gateway.serving.backends.base import (
     AdapterApplication,
     AdapterNotFoundError,
     GenerationBackend,
@@ -53,7 +53,7 @@ async def loaded(reference_backend, lora_adapters):
 
 
 def test_stop_strings_are_cut_and_never_half_sent():
-    from oblivio.gateway.backends.reference import StopStringTracker
+    from oblivio.gateway.serving.backends.reference import StopStringTracker
 
     tracker = StopStringTracker(["END"])
     sent = [tracker.update(text, final=False) for text in ("Hello E", "Hello EN", "Hello ENDING")]
@@ -66,8 +66,8 @@ def test_stop_strings_are_cut_and_never_half_sent():
 
 
 async def test_unstarted_backend_reports_itself(tmp_path):
-    from oblivio.gateway.backends.base import BackendError
-    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.base import BackendError
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
 
     backend = ReferenceBackend(tmp_path / "model")
     assert not await backend.healthy()

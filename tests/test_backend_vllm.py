@@ -10,14 +10,14 @@ import time
 import pytest
 
 from oblivio.adapters.precision import PRECISION_FIELD, AdapterPrecisionError
-from oblivio.gateway.backends.base import (
+from oblivio.gateway.serving.backends.base import (
     AdapterApplication,
     AdapterNotFoundError,
     GenerationBackend,
     SamplingSettings,
 )
-from oblivio.gateway.backends.factory import build_backend
-from oblivio.gateway.backends.vllm_backend import cpu_kv_cache_bytes
+from oblivio.gateway.serving.backends.factory import build_backend
+from oblivio.gateway.serving.backends.vllm_backend import cpu_kv_cache_bytes
 from oblivio.gateway.config import load_config
 
 QUESTION = "What is the capital of France?"
@@ -56,8 +56,8 @@ def assert_same_distribution(vllm_chunks, reference_chunks):
 
 
 def test_factory_picks_the_configured_backend(tmp_path, model_path):
-    from oblivio.gateway.backends.reference import ReferenceBackend
-    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.vllm_backend import VLLMBackend
 
     env = {"OBLIVIO_HOME": str(tmp_path)}
     ref = build_backend(load_config(overrides={"engine.backend": "reference", "model.path": str(model_path)}, environ=env))
@@ -72,7 +72,7 @@ def test_factory_picks_the_configured_backend(tmp_path, model_path):
 
 async def test_unstarted_or_closed_backend_reports_itself(tmp_path, model_path):
     """No engine, no service: a clear BackendError (gRPC UNAVAILABLE), never a hang."""
-    from oblivio.gateway.backends.base import BackendError
+    from oblivio.gateway.serving.backends.base import BackendError
 
     config = load_config(overrides={"engine.backend": "vllm", "model.path": str(model_path)},
                          environ={"OBLIVIO_HOME": str(tmp_path)})
@@ -105,7 +105,7 @@ def test_engine_args_come_from_engine_config(tmp_path):
     assert args.dtype == "float32"
     pinned = load_config(overrides={"engine.dtype": "bfloat16"}, environ=env)
     assert build_backend(pinned).engine_args().dtype == "bfloat16"
-    from oblivio.gateway.backends.vllm_backend import VLLMBackend
+    from oblivio.gateway.serving.backends.vllm_backend import VLLMBackend
 
     overridden = VLLMBackend(tmp_path, config.engine, (1.0,), tmp_path, engine_overrides={"dtype": "auto"})
     assert overridden.serving_dtype == overridden.engine_args().dtype == "float32"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures_gate import assert_real_png
 
-from oblivio.gateway.calibration import (
+from oblivio.gateway.gate.calibration import (
     CalibrationError,
     CalibrationTarget,
     Probe,
@@ -19,7 +19,7 @@ from oblivio.gateway.calibration import (
     suggest_threshold,
 )
 from oblivio.gateway.config import GateConfig
-from oblivio.gateway.policy_store import PolicyStore
+from oblivio.gateway.gate.policy_store import PolicyStore
 
 
 def test_load_probes_jsonl_and_csv(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 def test_the_cli_does_not_import_eval_until_an_eval_command_runs() -> None:
     code = (
         "import sys\n"
-        "from oblivio.gateway.cli import build_parser\n"
+        "from oblivio.gateway.cli.main import build_parser\n"
         "assert 'eval' in build_parser().format_help()\n"
         "assert not [m for m in sys.modules if m.startswith('oblivio.eval')], 'eval imported'\n"
     )

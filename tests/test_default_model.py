@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from oblivio.gateway.model_fetch import MARKER_FILE, fetch_default_model, greedy_chat_answer
+from oblivio.gateway.serving.model_fetch import MARKER_FILE, fetch_default_model, greedy_chat_answer
 
 pytestmark = pytest.mark.slow
 

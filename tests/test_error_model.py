@@ -11,11 +11,11 @@ from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.adapters.registry import ForgetSetExistsError, RegistryUnavailableError
 from oblivio.adapters.variants import AdapterFormatError
 from oblivio.detector import IncompatibleScorerError
-from oblivio.gateway.auth import BadCredentials, ScopeDenied
-from oblivio.gateway.backends.base import BackendError
-from oblivio.gateway.chat_core import ChatInputError, ModelNotServedError
+from oblivio.gateway.api.auth import BadCredentials, ScopeDenied
+from oblivio.gateway.serving.backends.base import BackendError
+from oblivio.gateway.serving.chat_core import ChatInputError, ModelNotServedError
 from oblivio.gateway.errors import DeadlineExceeded, FailedPrecondition, ServerBusy, error_status
-from oblivio.gateway.openai_http import RequestFieldError, error_for
+from oblivio.gateway.api.openai_http import RequestFieldError, error_for
 
 Code = grpc.StatusCode
 

@@ -88,7 +88,7 @@ def test_goals_are_judged_from_the_measurements() -> None:
 def test_compared_gate_configurations_are_valid_policies(tmp_path: Path) -> None:
     from oblivio.eval.continual import GATE_CONFIGS
     from oblivio.gateway.config import GateConfig
-    from oblivio.gateway.policy_store import PolicyStore
+    from oblivio.gateway.gate.policy_store import PolicyStore
 
     store = PolicyStore(tmp_path, GateConfig())
     for name, changes in GATE_CONFIGS.items():

@@ -41,7 +41,7 @@ from oblivio.adapters.registry import RegistryStateError, State
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
-from oblivio.gateway.gate import REFUSAL_TEXT
+from oblivio.gateway.gate.decision import REFUSAL_TEXT
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 

@@ -24,7 +24,7 @@ from fixtures_reliability import tree_snapshot, user_request
 from oblivio.adapters import store as store_module
 from oblivio.adapters.registry import State
 from oblivio.adapters.training import ForgetExample
-from oblivio.gateway.metrics import forget_set_metric_id
+from oblivio.gateway.serving.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -169,8 +169,8 @@ async def test_corrupted_artifacts_at_start_quarantine_only_that_set_and_fail_cl
     from transformers import AutoTokenizer
 
     from oblivio.detector import DetectorBank
-    from oblivio.gateway.chat_core import ChatCore, Message
-    from oblivio.gateway.metrics import GatewayMetrics
+    from oblivio.gateway.serving.chat_core import ChatCore, Message
+    from oblivio.gateway.serving.metrics import GatewayMetrics
 
     first = make_pipeline(disk_full.root, model_path, reference_backend, None)  # not started
     _make_live(first, "keep", lora_adapters["alpha"])

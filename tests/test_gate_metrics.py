@@ -7,8 +7,8 @@ import hashlib
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from oblivio.gateway.gate import GatePolicy, SetPolicy, decide, decide_on_detector_error
-from oblivio.gateway.metrics import GatewayMetrics, forget_set_metric_id
+from oblivio.gateway.gate.decision import GatePolicy, SetPolicy, decide, decide_on_detector_error
+from oblivio.gateway.serving.metrics import GatewayMetrics, forget_set_metric_id
 
 BIO, SECRET = forget_set_metric_id("bio"), forget_set_metric_id("secret")
 

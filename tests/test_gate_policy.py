@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from oblivio.gateway.gate import (
+from oblivio.gateway.gate.decision import (
     MODES,
     REFUSAL_TEXT,
     GatePolicy,
@@ -20,7 +20,7 @@ from oblivio.gateway.gate import (
     raw_scale,
     verdict_strength,
 )
-from oblivio.gateway.scale_grid import round_up_to_grid
+from oblivio.gateway.gate.scale_grid import round_up_to_grid
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from fixtures_serving import GATED_SET
-from oblivio.gateway import gate
-from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
-from oblivio.gateway.chat_core import Message
-from oblivio.gateway.metrics import forget_set_metric_id
+from oblivio.gateway.gate import decision as gate
+from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
+from oblivio.gateway.serving.chat_core import Message
+from oblivio.gateway.serving.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 

@@ -191,7 +191,7 @@ async def test_gateway_over_vllm_streams_over_both_front_doors(vllm_backend, mod
     from openai import AsyncOpenAI
 
     from fixtures_serving import serving_config
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     config = serving_config(model_path, tmp_path, **{"engine.backend": "vllm"})
     gateway = await Gateway.create(config, backend=vllm_backend, detector=None)

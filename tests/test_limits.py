@@ -17,7 +17,7 @@ from oblivio.adapters.limits import (
     DEFAULT_MAX_EXAMPLES,
     DEFAULT_MAX_TOTAL_CHARS,
 )
-from oblivio.gateway.chat_core import MAX_CHARS_PER_TOKEN, MAX_MESSAGES, MAX_STOP_SEQUENCES
+from oblivio.gateway.serving.chat_core import MAX_CHARS_PER_TOKEN, MAX_MESSAGES, MAX_STOP_SEQUENCES
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 

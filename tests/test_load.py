@@ -66,7 +66,7 @@ async def test_streams_none_lost_or_wrong_while_a_registration_runs(registering_
 @pytest.fixture(scope="module")
 async def small_queue_gateway(model_path: Path, reference_backend: Any, tmp_path_factory: pytest.TempPathFactory):
     """A gateway that admits only 2 concurrent gRPC calls (and 4 HTTP connections)."""
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     config = serving_config(model_path, tmp_path_factory.mktemp("queue_home"), **{"server.max_concurrent_requests": 2})
     gateway = await Gateway.create(config, backend=reference_backend, detector=None, registration=False)

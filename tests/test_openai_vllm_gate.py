@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from oblivio.gateway import gate
-from oblivio.gateway.openai_http import DECISION_HEADER
+from oblivio.gateway.gate import decision as gate
+from oblivio.gateway.api.openai_http import DECISION_HEADER
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _user(text: str) -> list[dict[str, str]]:
 
 async def _engine_answer(backend: Any, prompt_ids: list[int], adapters: tuple[tuple[str, float], ...]) -> str:
     """Greedy 16 tokens straight from the backend (no HTTP, no gate): what the front door must match."""
-    from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
+    from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
 
     settings = SamplingSettings(max_tokens=16, temperature=0.0)
     chunks = backend.generate(prompt_ids, settings, AdapterApplication(adapters), "direct")
@@ -53,7 +53,7 @@ async def _engine_answer(backend: Any, prompt_ids: list[int], adapters: tuple[tu
 
 
 def _message(role: str, content: str) -> Any:
-    from oblivio.gateway.chat_core import Message
+    from oblivio.gateway.serving.chat_core import Message
 
     return Message(role, content)
 

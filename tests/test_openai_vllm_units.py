@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from oblivio.gateway import gate
-from oblivio.gateway.chat_core import GateOutcome
-from oblivio.gateway.openai_http import RequestFieldError
-from oblivio.gateway.openai_vllm import DecisionStamp, chat_scored_texts, completion_scored_texts
+from oblivio.gateway.gate import decision as gate
+from oblivio.gateway.serving.chat_core import GateOutcome
+from oblivio.gateway.api.openai_http import RequestFieldError
+from oblivio.gateway.api.openai_vllm import DecisionStamp, chat_scored_texts, completion_scored_texts
 
 FORGOTTEN = "Where was Elena Marwick born?"
 

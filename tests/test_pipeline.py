@@ -16,7 +16,7 @@ import pytest
 from fixtures_registration import FRANCE, UNRELATED, make_pipeline, tiny_training
 from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.adapters.registry import ForgetSetExistsError, State
-from oblivio.gateway.backends.base import AdapterApplication, SamplingSettings
+from oblivio.gateway.serving.backends.base import AdapterApplication, SamplingSettings
 
 pytestmark = pytest.mark.slow
 WORKING_STATES = [
@@ -138,7 +138,7 @@ _RUN_UNTIL_KILLED = textwrap.dedent(
     sys.path.insert(0, sys.argv[3])
     from fixtures_registration import FRANCE, make_pipeline, tiny_training
     from oblivio.detector import DetectorBank, FeatureExtractor
-    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
     from oblivio.gateway.config import DetectorConfig
 
     async def main():

@@ -11,8 +11,8 @@ import pytest
 
 from oblivio.adapters.forget_set import UnknownForgetSetError
 from oblivio.gateway.config import GateConfig
-from oblivio.gateway.gate import GatePolicy, decide
-from oblivio.gateway.policy_store import (
+from oblivio.gateway.gate.decision import GatePolicy, decide
+from oblivio.gateway.gate.policy_store import (
     POLICY_FILENAME,
     PolicyStore,
     PolicyStoreError,

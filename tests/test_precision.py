@@ -26,7 +26,7 @@ from oblivio.adapters.precision import (
 )
 from oblivio.adapters.registry import State
 from oblivio.adapters.training import TrainingReport
-from oblivio.gateway.backends.factory import build_backend
+from oblivio.gateway.serving.backends.factory import build_backend
 from oblivio.gateway.config import EngineConfig, load_config
 
 

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from fixtures_registration import FRANCE, gateway_with_registration, tiny_training
-from oblivio.gateway.metrics import forget_set_metric_id
+from oblivio.gateway.serving.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc
 
@@ -196,7 +196,7 @@ async def test_cli_register_watch_show_delete(forget_gateway, tmp_path) -> None:
 
 async def _parse(*messages: pb.RegisterForgetSetRequest, limits: Any = None):
     from oblivio.adapters.limits import RegistrationLimits
-    from oblivio.gateway.admin_forget import _read_registration
+    from oblivio.gateway.api.admin_forget import _read_registration
 
     async def stream():
         for message in messages:
@@ -289,9 +289,9 @@ def test_status_mapping() -> None:
 
 
 def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
-    from oblivio.gateway.cli_admin_client import CliInputError
-    from oblivio.gateway.cli_forget import read_examples
-    from oblivio.gateway.input_files import InputFileError
+    from oblivio.gateway.cli.admin_client import CliInputError
+    from oblivio.gateway.cli.forget import read_examples
+    from oblivio.gateway.cli.input_files import InputFileError
 
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text('{"question": "q", "answer": "a"}\n\n{"text": "t"}\n')
@@ -318,8 +318,8 @@ def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
 )
 def test_cli_rejects_examples_that_are_not_strings(tmp_path, row: str, message: str) -> None:
     """A null answer was registered (and trained on) as the string "None"."""
-    from oblivio.gateway.cli_admin_client import CliInputError
-    from oblivio.gateway.cli_forget import read_examples
+    from oblivio.gateway.cli.admin_client import CliInputError
+    from oblivio.gateway.cli.forget import read_examples
 
     path = tmp_path / "set.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n' + row + "\n")

@@ -38,7 +38,7 @@ from oblivio.adapters.registry import (
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore
-from oblivio.gateway.cli import main as oblivio_cli
+from oblivio.gateway.cli.main import main as oblivio_cli
 from oblivio.gateway.config import ConfigError, RegistryConfig, load_config
 
 

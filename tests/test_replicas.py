@@ -24,8 +24,8 @@ import pytest
 
 from fixtures_registration import FRANCE, as_dicts, make_pipeline
 from oblivio.adapters.registry import State
-from oblivio.gateway.chat_core import ChatCore, Message
-from oblivio.gateway.metrics import forget_set_metric_id
+from oblivio.gateway.serving.chat_core import ChatCore, Message
+from oblivio.gateway.serving.metrics import forget_set_metric_id
 
 pytestmark = pytest.mark.slow
 SYNC_S = 0.2
@@ -47,7 +47,7 @@ async def test_registration_on_one_replica_is_enforced_on_the_other(
     from transformers import AutoTokenizer
 
     from oblivio.detector import DetectorBank
-    from oblivio.gateway.backends.reference import ReferenceBackend
+    from oblivio.gateway.serving.backends.reference import ReferenceBackend
 
     bank_a, bank_b = DetectorBank(detector_extractor), DetectorBank(detector_extractor)
     backend_b = ReferenceBackend(model_path, max_model_len=2048)
@@ -120,7 +120,7 @@ async def test_a_set_that_fails_to_load_on_a_poll_does_not_hold_up_the_others(
 ):
     """B's poll meets a corrupted adapter published by A: the other set still loads, the bad
     one is counted in the quarantine gauge and retried, and a fixed version clears it."""
-    from oblivio.gateway.metrics import GatewayMetrics
+    from oblivio.gateway.serving.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     replica_a = make_pipeline(tmp_path, model_path, reference_backend, None)  # only writes the disk

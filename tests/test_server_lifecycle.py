@@ -34,7 +34,7 @@ def _request(max_tokens: int) -> pb.ChatRequest:
 
 
 async def test_graceful_shutdown_finishes_in_flight_requests(model_path, reference_backend, tmp_path) -> None:
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     gateway = await Gateway.create(serving_config(model_path, tmp_path), backend=reference_backend, detector=None)
     await gateway.start()

@@ -63,7 +63,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 async def tls_gateway(model_path: Path, reference_backend: Any, pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
-    from oblivio.gateway.server import Gateway
+    from oblivio.gateway.api.server import Gateway
 
     config = serving_config(
         model_path,

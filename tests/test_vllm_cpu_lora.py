@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oblivio.gateway.backends import vllm_cpu_lora as ours
+from oblivio.gateway.serving.backends import vllm_cpu_lora as ours
 
 
 def _pristine_vllm_ops():  # type: ignore[no-untyped-def]
@@ -104,7 +104,7 @@ def test_vllm_finds_the_fix_as_a_general_plugin() -> None:
     from importlib.metadata import entry_points
 
     plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("oblivio_cpu_lora") == "oblivio.gateway.backends.vllm_cpu_lora:register"
+    assert plugins.get("oblivio_cpu_lora") == "oblivio.gateway.serving.backends.vllm_cpu_lora:register"
 
 
 def test_the_switch_for_engine_processes_is_not_taken_for_configuration(tmp_path) -> None:

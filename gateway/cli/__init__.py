@@ -1,0 +1,1 @@
+"""The ``oblivio`` command line: one module per subcommand group, ``main`` parses and dispatches."""
