@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,9 +63,11 @@ from oblivio.gateway.api.openai_http import (
 
 LOG = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI types as Starlette declares them (starlette.types), so these apps plug into its stack.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 READ_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/version"})
 # Keys of a chat message or tool definition that hold structure, not text the model reads.
@@ -272,12 +274,12 @@ class DecisionStamp:
         self._outcome = outcome
         self._rename = (alias.encode(), served_name.encode()) if alias else None
         self._on_first_body: Callable[[], None] | None = on_first_body
-        self._start: dict[str, Any] | None = None
+        self._start: Message | None = None
         self._stream = False
         self._stamped = False
         self._buffer = bytearray()
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-length"]
@@ -358,7 +360,7 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     vLLM still hears the disconnect of a client that goes away (and aborts the request)."""
     pending = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def replay() -> dict[str, Any]:
+    async def replay() -> Message:
         return pending.pop() if pending else await receive()
 
     return replay
@@ -385,11 +387,11 @@ class BaseSpeculation:
         self._client_receive = receive
         self._body: bytes | None = raw
         self._stop = asyncio.Event()
-        self._held: list[dict[str, Any]] = []
+        self._held: list[Message] = []
         self._target: Send | None = None
         self._task = asyncio.ensure_future(vllm_app(scope, self._receive, self._send))
 
-    async def _receive(self) -> dict[str, Any]:
+    async def _receive(self) -> Message:
         if self._body is not None:
             body, self._body = self._body, None
             return {"type": "http.request", "body": body, "more_body": False}
@@ -402,7 +404,7 @@ class BaseSpeculation:
                 task.cancel()
         return client.result() if client in done else {"type": "http.disconnect"}
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: Message) -> None:
         if self._target is None:
             self._held.append(message)
         else:
@@ -427,7 +429,7 @@ class BaseSpeculation:
             await self._task
 
 
-async def _nowhere(message: dict[str, Any]) -> None:
+async def _nowhere(message: Message) -> None:
     """Where a discarded speculative answer's remaining messages go."""
 
 
@@ -589,7 +591,7 @@ class RequestIds:
         if given is None:
             scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id)]}
 
-        async def send_with_id(message: dict[str, Any]) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
             await send(message)
