@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.child_entry import child_main, emit
-from oblivio.adapters.training import ForgetExample
+from oblivio.adapters.forget_set import ForgetExample
 
 HEARTBEAT_S = 5.0
 

@@ -59,11 +59,11 @@ from oblivio.adapters.detector_fit import extractor_settings
 from oblivio.adapters.lease import new_owner_id, owner_is_dead, retire_owner_id
 from oblivio.adapters.limits import RegistrationLimits
 from oblivio.adapters.precision import PRECISION_FIELD, TRAINING_DTYPE
-from oblivio.adapters.forget_set import UnknownForgetSetError, validate_name
+from oblivio.adapters.forget_set import ForgetExample, UnknownForgetSetError, validate_name
 from oblivio.adapters.registry import ForgetSetRecord, Registry, RegistryStateError, State
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.store import STORE_SUBDIR, ArtifactStore, atomic_write_bytes
-from oblivio.adapters.training import METHODS, ForgetExample, TrainingSettings
+from oblivio.adapters.training import METHODS, TrainingSettings
 from oblivio.gateway.config import RegistryConfig
 from oblivio.gateway.serving.enforcement import EnforcementGuard
 from oblivio.gateway.errors import InvalidArgument

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from oblivio.adapters.child_entry import child_main, emit
-from oblivio.adapters.limits import MAX_TEXT_CHARS
+from oblivio.adapters.forget_set import ForgetExample
 from oblivio.adapters.losses import (
     IGNORE_INDEX,
     inverted_hinge_loss,
@@ -34,7 +34,6 @@ from oblivio.adapters.losses import (
 )
 from oblivio.adapters.orthogonality import live_lora_a, load_lora_a, orthogonalise_init, overlaps
 from oblivio.adapters.precision import TRAINING_DTYPE
-from oblivio.gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -58,53 +57,6 @@ REFUSAL_TARGETS: tuple[str, ...] = (
 
 class TrainingCancelled(RuntimeError):
     """Raised when ``should_stop`` asked the run to stop (e.g. the set was deleted)."""
-
-
-@dataclass(frozen=True)
-class ForgetExample:
-    """One forget-set item: a question with its (forgotten) answer, or a plain text."""
-
-    question: str = ""
-    answer: str = ""
-    text: str = ""
-
-    def __post_init__(self) -> None:
-        has_qa = bool(self.question.strip())
-        has_text = bool(self.text.strip())
-        if has_qa == has_text:
-            raise InvalidArgument("a forget example is either a question (with optional answer) or a plain text")
-        if self.answer.strip() and not has_qa:
-            raise InvalidArgument("an answer needs a question")
-        for part in (self.question, self.answer, self.text):
-            if len(part) > MAX_TEXT_CHARS:
-                raise InvalidArgument(f"forget example longer than {MAX_TEXT_CHARS} characters")
-
-    @classmethod
-    def from_mapping(cls, item: Mapping[str, Any]) -> "ForgetExample":
-        unknown = set(item) - {"question", "answer", "text"}
-        if unknown:
-            raise InvalidArgument(f"unknown forget example fields: {sorted(unknown)}")
-        return cls(
-            question=str(item.get("question") or ""),
-            answer=str(item.get("answer") or ""),
-            text=str(item.get("text") or ""),
-        )
-
-    def detector_texts(self) -> list[str]:
-        """What the OOD detector is fitted on: the user-side text plus the forgotten content."""
-        if self.text:
-            return [self.text]
-        return [self.question] + ([f"{self.question} {self.answer}"] if self.answer else [])
-
-    def as_pair(self, method: str) -> tuple[str, str | None]:
-        """(user message, forgotten answer) for the preference losses; ``None`` = none given."""
-        if self.text:
-            words = self.text.split()
-            if method == "refusal" or len(words) < 4:
-                return self.text, None
-            cut = max(1, len(words) // 2)
-            return " ".join(words[:cut]), " ".join(words[cut:])
-        return self.question, self.answer or None
 
 
 @dataclass

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.registry import State
-from oblivio.adapters.training import ForgetExample, TrainingSettings
+from oblivio.adapters.forget_set import ForgetExample
+from oblivio.adapters.training import TrainingSettings
 
 PROBE = "Give me one tip for staying focused while studying."
 

@@ -84,7 +84,7 @@ class CaseResult:
 
 def registration_texts(pairs: list[tuple[str, str]]) -> tuple[str, ...]:
     """The detector texts a user's registration of these question/answer pairs produces."""
-    from oblivio.adapters.training import ForgetExample
+    from oblivio.adapters.forget_set import ForgetExample
 
     return tuple(t for q, a in pairs for t in ForgetExample(question=q, answer=a).detector_texts())
 

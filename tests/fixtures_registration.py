@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from oblivio.adapters.training import ForgetExample, TrainingSettings
+from oblivio.adapters.forget_set import ForgetExample
+from oblivio.adapters.training import TrainingSettings
 
 # A fact the base model knows well, so "forgotten" is observable in its greedy answer.
 FRANCE = [

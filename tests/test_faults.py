@@ -23,7 +23,7 @@ from fixtures_registration import FRANCE, UNRELATED, as_dicts, make_pipeline
 from fixtures_reliability import tree_snapshot, user_request
 from oblivio.adapters import store as store_module
 from oblivio.adapters.registry import State
-from oblivio.adapters.training import ForgetExample
+from oblivio.adapters.forget_set import ForgetExample
 from oblivio.gateway.serving.metrics import forget_set_metric_id
 from oblivio.v1 import oblivio_pb2_grpc
 
