@@ -35,7 +35,7 @@ from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihoo
 from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
 from oblivio.eval.server_client import answer_all, connect, register_and_wait, set_default_policy, start_server
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
-from oblivio.gateway.api.admin_forget import METHOD_TO_PROTO
+from oblivio.gateway.api.proto_convert import METHOD_TO_PROTO
 
 LOG = logging.getLogger(__name__)
 

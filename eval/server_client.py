@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from oblivio.gateway.api.admin_forget import METHOD_TO_PROTO
+from oblivio.gateway.api.proto_convert import METHOD_TO_PROTO
 from oblivio.v1 import oblivio_pb2 as pb
 from oblivio.v1 import oblivio_pb2_grpc as pb_grpc
 

@@ -17,21 +17,14 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from oblivio.adapters.limits import RegistrationLimits
-from oblivio.adapters.registry import ForgetSetRecord, State
+from oblivio.adapters.registry import ForgetSetRecord
 from oblivio.gateway.errors import FailedPrecondition, InvalidArgument
+from oblivio.gateway.api.proto_convert import METHOD_FROM_PROTO, METHOD_TO_PROTO, STATE_TO_PROTO
 from oblivio.v1 import oblivio_pb2 as pb
 
 if TYPE_CHECKING:
     from oblivio.adapters.pipeline import RegistrationEvent
 
-METHOD_FROM_PROTO = {
-    pb.TRAINING_METHOD_UNSPECIFIED: "refusal",
-    pb.TRAINING_METHOD_REFUSAL: "refusal",
-    pb.TRAINING_METHOD_NPO: "npo",
-    pb.TRAINING_METHOD_IHL: "ihl",
-}
-METHOD_TO_PROTO = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
-STATE_TO_PROTO = {state: getattr(pb, f"REGISTRATION_STATE_{state.value}") for state in State}
 
 
 def _timestamp(seconds: float) -> Timestamp:

@@ -30,7 +30,11 @@ from oblivio.gateway.gate.calibration import (
 )
 from oblivio.gateway.errors import FailedPrecondition, InvalidArgument
 from oblivio.gateway.gate.decision import GatePolicy, PolicyValidationError, SetPolicy
-from oblivio.gateway.api.proto_convert import explain_to_proto, messages_from_proto
+from oblivio.gateway.api.proto_convert import (
+    MODE_TO_PROTO, MODE_FROM_PROTO, ON_ERROR_TO_PROTO, ON_ERROR_FROM_PROTO,
+    explain_to_proto,
+    messages_from_proto,
+)
 from oblivio.v1 import oblivio_pb2 as pb
 
 if TYPE_CHECKING:
@@ -40,17 +44,6 @@ MAX_EXPLAIN_BATCH = 1000
 MAX_CALIBRATION_PROBES = 10_000
 SCORING_CHUNK = 32  # prompts per detector forward during calibration (bounds memory)
 
-MODE_TO_PROTO = {
-    "adapter": pb.GATE_MODE_ADAPTER,
-    "refusal": pb.GATE_MODE_REFUSAL,
-    "adapter_then_refusal": pb.GATE_MODE_ADAPTER_THEN_REFUSAL,
-}
-MODE_FROM_PROTO = {value: key for key, value in MODE_TO_PROTO.items()}
-ON_ERROR_TO_PROTO = {
-    "fail_closed": pb.DETECTOR_ERROR_BEHAVIOUR_FAIL_CLOSED,
-    "fail_open": pb.DETECTOR_ERROR_BEHAVIOUR_FAIL_OPEN,
-}
-ON_ERROR_FROM_PROTO = {value: key for key, value in ON_ERROR_TO_PROTO.items()}
 
 
 class NoDetectorError(FailedPrecondition):

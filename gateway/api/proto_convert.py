@@ -1,7 +1,8 @@
-"""Conversions between ``oblivio.v1`` protobuf messages and the gateway's Python types.
+"""Conversions between ``oblivio.v1`` protobuf messages and the gateway's Python types, enum
+maps included.
 
-In their own module so that both the Chat servicer and the Admin mixins (Explain returns the
-same GateDecision message) can import them without importing the server that composes them.
+In their own module so that the Chat servicer, the Admin mixins (Explain returns the same
+GateDecision message) and the CLI can import them without importing the servers.
 """
 
 from __future__ import annotations
@@ -10,8 +11,28 @@ from collections.abc import Sequence
 
 from oblivio.gateway.gate import decision as gate
 from oblivio.gateway.serving.chat_core import FINISH_REFUSED, ChatInputError, GateOutcome, Message, SamplingRequest
+from oblivio.adapters.registry import State
 from oblivio.v1 import oblivio_pb2 as pb
 
+METHOD_FROM_PROTO = {
+    pb.TRAINING_METHOD_UNSPECIFIED: "refusal",
+    pb.TRAINING_METHOD_REFUSAL: "refusal",
+    pb.TRAINING_METHOD_NPO: "npo",
+    pb.TRAINING_METHOD_IHL: "ihl",
+}
+METHOD_TO_PROTO = {"refusal": pb.TRAINING_METHOD_REFUSAL, "npo": pb.TRAINING_METHOD_NPO, "ihl": pb.TRAINING_METHOD_IHL}
+STATE_TO_PROTO = {state: getattr(pb, f"REGISTRATION_STATE_{state.value}") for state in State}
+MODE_TO_PROTO = {
+    "adapter": pb.GATE_MODE_ADAPTER,
+    "refusal": pb.GATE_MODE_REFUSAL,
+    "adapter_then_refusal": pb.GATE_MODE_ADAPTER_THEN_REFUSAL,
+}
+MODE_FROM_PROTO = {value: key for key, value in MODE_TO_PROTO.items()}
+ON_ERROR_TO_PROTO = {
+    "fail_closed": pb.DETECTOR_ERROR_BEHAVIOUR_FAIL_CLOSED,
+    "fail_open": pb.DETECTOR_ERROR_BEHAVIOUR_FAIL_OPEN,
+}
+ON_ERROR_FROM_PROTO = {value: key for key, value in ON_ERROR_TO_PROTO.items()}
 ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,

@@ -105,7 +105,7 @@ NO_SUBJECT_HINT = (
 
 
 def _requests(args: argparse.Namespace, examples: list[dict[str, str]]) -> Iterator[Any]:
-    from oblivio.gateway.api.admin_forget import METHOD_TO_PROTO
+    from oblivio.gateway.api.proto_convert import METHOD_TO_PROTO
     from oblivio.v1 import oblivio_pb2 as pb
 
     yield pb.RegisterForgetSetRequest(header=pb.ForgetSetHeader(

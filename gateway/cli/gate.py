@@ -100,7 +100,7 @@ def _what_if(parser: argparse.ArgumentParser) -> None:
 
 # ---- policy ---------------------------------------------------------------------------------
 def _fmt_set_policy(policy: Any) -> str:
-    from oblivio.gateway.api.admin_gate import MODE_FROM_PROTO
+    from oblivio.gateway.api.proto_convert import MODE_FROM_PROTO
 
     text = (
         f"threshold={policy.threshold:g} softness={policy.softness:g} "
@@ -112,7 +112,7 @@ def _fmt_set_policy(policy: Any) -> str:
 
 
 def _print_policy(policy: Any) -> None:
-    from oblivio.gateway.api.admin_gate import ON_ERROR_FROM_PROTO
+    from oblivio.gateway.api.proto_convert import ON_ERROR_FROM_PROTO
 
     created = policy.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC") if policy.created_at.seconds else "-"
     print(f"version {policy.version}  (created {created})")
@@ -137,7 +137,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _changes_from_flags(args: argparse.Namespace) -> Any:
-    from oblivio.gateway.api.admin_gate import MODE_TO_PROTO, ON_ERROR_TO_PROTO
+    from oblivio.gateway.api.proto_convert import MODE_TO_PROTO, ON_ERROR_TO_PROTO
     from oblivio.v1 import oblivio_pb2 as pb
 
     changes = pb.SetPolicyChanges()
@@ -203,7 +203,7 @@ def _history(args: argparse.Namespace) -> int:
 # ---- explain --------------------------------------------------------------------------------
 def parse_what_if(items: Sequence[str]) -> list[Any]:
     """``[SET:]FIELD=VALUE`` flags -> UpdateGatePolicyRequests, one per target set."""
-    from oblivio.gateway.api.admin_gate import MODE_TO_PROTO, ON_ERROR_TO_PROTO
+    from oblivio.gateway.api.proto_convert import MODE_TO_PROTO, ON_ERROR_TO_PROTO
     from oblivio.v1 import oblivio_pb2 as pb
 
     grouped: dict[str, Any] = {}
