@@ -291,7 +291,7 @@ def test_status_mapping() -> None:
 def test_cli_reads_jsonl_and_txt(tmp_path) -> None:
     from oblivio.gateway.cli.admin_client import CliInputError
     from oblivio.gateway.cli.forget import read_examples
-    from oblivio.gateway.cli.input_files import InputFileError
+    from oblivio.gateway.input_files import InputFileError
 
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text('{"question": "q", "answer": "a"}\n\n{"text": "t"}\n')

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.gateway.cli.config import add_config_flags, config_from_args
-from oblivio.gateway.cli.input_files import InputFileError
+from oblivio.gateway.input_files import InputFileError
 
 
 class CliInputError(ValueError):

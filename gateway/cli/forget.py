@@ -10,14 +10,13 @@ in chunks so a large set never becomes one giant message.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from oblivio.gateway.cli.admin_client import CliInputError, add_admin_flags, message_to_json, run_admin_command
-from oblivio.gateway.cli.input_files import read_utf8_text
+from oblivio.gateway.input_files import json_lines, read_utf8_text
 
 CHUNK = 64
 METHODS = ("refusal", "npo", "ihl")
@@ -79,19 +78,10 @@ def _example(item: object, where: str) -> dict[str, str]:
 
 def read_examples(path: Path) -> list[dict[str, str]]:
     """Parse an examples file; errors name the line so the operator can fix it."""
-    lines = read_utf8_text(path).splitlines()
-    examples: list[dict[str, str]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".txt":
-            examples.append({"text": line.strip()})
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CliInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        examples.append(_example(item, f"{path}:{number}"))
+    if path.suffix == ".txt":
+        examples = [{"text": line.strip()} for line in read_utf8_text(path).splitlines() if line.strip()]
+    else:
+        examples = [_example(item, where) for where, item in json_lines(path, CliInputError)]
     if not examples:
         raise CliInputError(f"{path} holds no examples")
     return examples

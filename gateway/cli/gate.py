@@ -22,7 +22,7 @@ from oblivio.gateway.cli.admin_client import (
     message_to_json,
     run_admin_command,
 )
-from oblivio.gateway.cli.input_files import read_utf8_text
+from oblivio.gateway.input_files import json_lines, read_utf8_text
 
 MODES = ("adapter", "refusal", "adapter_then_refusal")
 ON_ERROR = ("fail_closed", "fail_open")
@@ -282,21 +282,13 @@ def read_conversations(path: Path) -> list[Any]:
     ``prompt`` (one user message) or ``messages`` ([{"role", "content"}, ...])."""
     from oblivio.v1 import oblivio_pb2 as pb
 
-    lines = read_utf8_text(path).splitlines()
     conversations = []
     if path.suffix.lower() == ".txt":
-        for line in lines:
+        for line in read_utf8_text(path).splitlines():
             if line.strip():
                 conversations.append(pb.Conversation(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=line)]))
     elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CliInputError(f"{where}: not valid JSON ({exc.msg})") from None
+        for where, row in json_lines(path, CliInputError):
             if isinstance(row, dict) and isinstance(row.get("prompt"), str):
                 messages = [pb.ChatMessage(role=pb.ROLE_USER, content=row["prompt"])]
             elif isinstance(row, dict) and isinstance(row.get("messages"), list):

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from oblivio.gateway.errors import InvalidArgument
-from oblivio.gateway.cli.input_files import read_utf8_text
+from oblivio.gateway.input_files import json_lines, read_utf8_text
 
 TargetKind = Literal["catch_rate", "fpr"]
 Scorer = Callable[[Sequence[str]], Sequence[float]]
@@ -121,14 +121,7 @@ def load_probes(path: Path) -> list[Probe]:
     suffix = path.suffix.lower()
     probes: list[Probe] = []
     if suffix in (".jsonl", ".json", ".ndjson"):
-        for number, line in enumerate(read_utf8_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CalibrationError(f"{where}: not valid JSON ({exc.msg})") from None
+        for where, item in json_lines(path, CalibrationError):
             if not isinstance(item, dict) or "prompt" not in item or "forget" not in item:
                 raise CalibrationError(f'{where}: expected {{"prompt": ..., "forget": true|false}}')
             probes.append(Probe(_prompt(item["prompt"], where), _parse_label(item["forget"], where)))

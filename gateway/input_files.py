@@ -7,7 +7,10 @@ to fix, instead of a UnicodeDecodeError traceback.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class InputFileError(ValueError):
@@ -28,3 +31,17 @@ def read_utf8_text(path: Path) -> str:
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "save the file as UTF-8"
         ) from None
+
+
+def json_lines(path: Path, error: type[ValueError] = InputFileError) -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` for every non-blank line of a JSONL file, ``where`` being ``name:line``
+    for the caller's own messages; a line that is not JSON raises ``error`` naming it."""
+    path = Path(path)
+    for number, line in enumerate(read_utf8_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}: not valid JSON ({exc.msg})") from None
