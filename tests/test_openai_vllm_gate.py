@@ -179,10 +179,7 @@ async def test_a_gated_request_stops_the_base_answer_begun_while_it_was_scored(
 ) -> None:
     """The front door starts vLLM on the base model while the detector scores; for a gated
     request that base answer is aborted in the engine, and none of it reaches the client."""
-    from oblivio.gateway.api.openai_vllm import SpeculationPolicy
-
     backend = vllm_gated_gateway.runtime.backend
-    vllm_gated_gateway.app.state.gated.speculation = SpeculationPolicy()  # no gated history: it speculates
     body = {"messages": _user(FORGET_QUESTION), "max_tokens": 6, "temperature": 0, "stream": stream}
     response = await http.post("/v1/chat/completions", json=body)
     assert response.headers[DECISION_HEADER].startswith("adapter")

@@ -11,7 +11,7 @@ import pytest
 from oblivio.gateway.gate import decision as gate
 from oblivio.gateway.serving.chat_core import GateOutcome
 from oblivio.gateway.api.openai_http import RequestFieldError
-from oblivio.gateway.api.openai_vllm import DecisionStamp, SpeculationPolicy, chat_scored_texts, completion_scored_texts
+from oblivio.gateway.api.openai_vllm import DecisionStamp, chat_scored_texts, completion_scored_texts
 
 FORGOTTEN = "Where was Elena Marwick born?"
 
@@ -117,15 +117,3 @@ async def test_a_stream_gets_the_decision_in_its_first_event_only() -> None:
     assert json.loads(bodies[0][len(b"data: "):])["oblivio"]["decision"] == "base"
     assert bodies[1:] == events[1:]
     assert firsts == 1
-
-
-def test_speculation_pauses_while_most_recent_traffic_is_gated_and_resumes_with_base_traffic() -> None:
-    policy = SpeculationPolicy(alpha=0.2)
-    assert policy.speculate()
-    for _ in range(10):
-        policy.observe(gated=True)
-    assert not policy.speculate()
-    for _ in range(10):
-        policy.observe(gated=False)
-    assert policy.speculate()
-    assert not SpeculationPolicy(enabled=False).speculate()

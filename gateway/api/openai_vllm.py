@@ -433,36 +433,13 @@ async def _nowhere(message: Message) -> None:
     """Where a discarded speculative answer's remaining messages go."""
 
 
-class SpeculationPolicy:
-    """Whether to start vLLM on the base model before the gate has decided.
-
-    Speculation pays off while most traffic is base traffic; each gated request wastes the base
-    prefill it started (and, on a busy engine, a batch slot). So it follows the recent share of
-    gated decisions (an exponential moving average over about the last ``1 / alpha`` requests)
-    and is off while that share is above ``max_gated_share``: a burst of forgotten questions is
-    then served without the waste, and speculation resumes when base traffic returns."""
-
-    def __init__(self, *, enabled: bool = True, alpha: float = 0.1, max_gated_share: float = 0.5) -> None:
-        self.enabled = enabled
-        self.alpha = alpha
-        self.max_gated_share = max_gated_share
-        self.gated_share = 0.0
-
-    def speculate(self) -> bool:
-        return self.enabled and self.gated_share <= self.max_gated_share
-
-    def observe(self, gated: bool) -> None:
-        self.gated_share += self.alpha * (float(gated) - self.gated_share)
-
-
 class GatedVLLMApp:
     """ASGI app in front of vLLM's: routes, gates, leases the variant, stamps the decision."""
 
     def __init__(self, vllm_app: Any, chat: ChatCore, backend: Any, *, served_name: str,
-                 authenticator: Any = None, metrics: Any = None,
-                 speculation: SpeculationPolicy | None = None) -> None:
-        """``speculation``: when vLLM starts on the base model while the detector scores (see
-        :class:`BaseSpeculation`); by default while most recent traffic was base traffic."""
+                 authenticator: Any = None, metrics: Any = None, speculate: bool = True) -> None:
+        """``speculate``: vLLM starts on the base model while the detector scores (see
+        :class:`BaseSpeculation`); off, it waits for the decision."""
         self.vllm_app = vllm_app
         self.chat = chat
         self.backend = backend
@@ -470,7 +447,7 @@ class GatedVLLMApp:
         self.authenticator = authenticator
         self.metrics = metrics
         self.refusals = RefusalWriter(chat, served_name)
-        self.speculation = speculation or SpeculationPolicy()
+        self.speculate = speculate
         self._lora_table: dict[str, Any] = vllm_app.state.openai_serving_models.lora_requests
         self._leases: Counter[str] = Counter()
 
@@ -522,11 +499,9 @@ class GatedVLLMApp:
             return error_for(exc, endpoint)
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{headers['x-request-id']}"  # RequestIds set it
         code = "cancelled"
-        speculation = (BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive)
-                       if self.speculation.speculate() else None)
+        speculation = BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive) if self.speculate else None
         try:
             outcome = await self.chat.evaluate_texts(texts)
-            self.speculation.observe(gated=outcome.label != "base")
             self.chat.record_decision(request_id, outcome)
             first_token = self._first_token(endpoint, started)
             with self._in_flight(endpoint):
@@ -643,8 +618,7 @@ async def create_vllm_app(chat: ChatCore, backend: Any, *, served_name: str, mod
         listing["data"] = [card for card in listing["data"] if card["id"] == served_name]
         return JSONResponse(listing)
 
-    app.state.gated = GatedVLLMApp(vllm_app, chat, backend, served_name=served_name,
-                                   authenticator=authenticator, metrics=metrics)
-    app.mount("/", app.state.gated)
+    app.mount("/", GatedVLLMApp(vllm_app, chat, backend, served_name=served_name,
+                                authenticator=authenticator, metrics=metrics))
     app.add_middleware(RequestIds)
     return app
