@@ -73,9 +73,8 @@ async def test_a_metrics_token_opens_nothing_else(authed_http: httpx.AsyncClient
     assert response.status_code == 403 and "may not use chat" in response.json()["error"]["message"]
 
 
-async def test_every_route_to_vllm_needs_a_chat_key(authed_http: httpx.AsyncClient, front_door: str) -> None:
-    if front_door != "vllm":
-        pytest.skip("text completions and tokenize are vLLM's front door's")
+@pytest.mark.parametrize("front_door", ["vllm"], indirect=True)  # text completions, tokenize: vLLM's door only
+async def test_every_route_to_vllm_needs_a_chat_key(authed_http: httpx.AsyncClient) -> None:
     for path, body in [("/v1/completions", {"prompt": "Hi", "max_tokens": 1}), ("/tokenize", {"prompt": "Hi"}),
                        ("/v1/models", None)]:
         response = await (authed_http.get(path) if body is None else authed_http.post(path, json=body))
