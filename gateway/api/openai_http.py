@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from oblivio.gateway.api import openai_shapes as shapes
 from oblivio.gateway.api.auth import AuthError, Scope
 from oblivio.gateway.serving.chat_core import (
     FINISH_REFUSED,
@@ -376,63 +377,31 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         except Exception as exc:  # noqa: BLE001
             return error_for(exc, CHAT_ENDPOINT)
         finish = OPENAI_FINISH.get(session.finish_reason or "stop", "stop")
+        head = {"id": session.request_id, "created": created, "model": chat.served_model}
         return JSONResponse(
-            {
-                "id": session.request_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": chat.served_model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": finish,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": _usage(session.prompt_tokens, session.completion_tokens),
-                "oblivio": decision_json(session.outcome),
-            },
+            shapes.answer("chat", head, [shapes.message_choice(0, text, finish)],
+                          usage=shapes.usage(session.prompt_tokens, session.completion_tokens),
+                          oblivio=decision_json(session.outcome)),
             headers=headers,
         )
 
     async def _sse(session: Any, created: int, include_usage: bool) -> AsyncIterator[str]:
-        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-            payload = {
-                "id": session.request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": chat.served_model,
-                "choices": choices,
-                **extra,
-            }
-            return f"data: {json.dumps(payload)}\n\n"
-
-        yield event(
-            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-            oblivio=decision_json(session.outcome),
-        )
+        head = {"id": session.request_id, "created": created, "model": chat.served_model}
+        yield shapes.sse(shapes.chunk("chat", head, [shapes.delta_choice(0, {"role": "assistant", "content": ""}, None)],
+                                      oblivio=decision_json(session.outcome)))
         try:
-            async for chunk in session.chunks():
-                finish = OPENAI_FINISH.get(chunk.finish_reason, "stop") if chunk.finish_reason else None
-                if chunk.text or finish:
-                    delta = {"content": chunk.text} if chunk.text else {}
-                    yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
+            async for piece in session.chunks():
+                finish = OPENAI_FINISH.get(piece.finish_reason, "stop") if piece.finish_reason else None
+                if piece.text or finish:
+                    delta = {"content": piece.text} if piece.text else {}
+                    yield shapes.sse(shapes.chunk("chat", head, [shapes.delta_choice(0, delta, finish)]))
         except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band like OpenAI does
             response = error_for(exc, CHAT_ENDPOINT)
             yield f"data: {bytes(response.body).decode()}\n\n"
             return
         if include_usage:
-            yield event([], usage=_usage(session.prompt_tokens, session.completion_tokens))
-        yield "data: [DONE]\n\n"
+            yield shapes.sse(shapes.chunk("chat", head, [],
+                                          usage=shapes.usage(session.prompt_tokens, session.completion_tokens)))
+        yield shapes.SSE_DONE
 
     return app
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-

@@ -46,6 +46,7 @@ from oblivio.gateway.gate import decision as gate
 from oblivio.gateway.serving.backends.base import AdapterApplication
 from oblivio.gateway.serving.backends.vllm_version import check_tested
 from oblivio.gateway.serving.chat_core import ChatCore, GateOutcome, ModelNotServedError
+from oblivio.gateway.api import openai_shapes as shapes
 from oblivio.gateway.api.openai_http import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -186,11 +187,6 @@ def _choice_count(body: dict[str, Any], prompts: int) -> int:
     return (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1) * prompts
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
 class RefusalWriter:
     """A refused request's complete OpenAI response, in the shape the endpoint promises."""
 
@@ -202,10 +198,10 @@ class RefusalWriter:
     def _prompt_tokens(self, texts: Sequence[str]) -> int:
         return sum(len(self.chat.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
 
-    async def respond(self, kind: str, body: dict[str, Any], texts: Sequence[str], outcome: GateOutcome,
+    async def respond(self, kind: shapes.Kind, body: dict[str, Any], texts: Sequence[str], outcome: GateOutcome,
                       request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
-        choices = _choice_count(body, len(texts) if kind == "completion" else 1)
-        usage = _usage(self._prompt_tokens(texts), choices * self._refusal_tokens)
+        choices = _choice_count(body, len(texts) if kind == "text" else 1)
+        usage = shapes.usage(self._prompt_tokens(texts), choices * self._refusal_tokens)
         head = {"id": request_id, "created": int(time.time()), "model": self.served_name}
         headers = decision_headers(outcome)
         if body.get("stream") is True:
@@ -214,34 +210,25 @@ class RefusalWriter:
             events = self._events(kind, head, choices, outcome, usage if include_usage else None)
             await _send_events(send, events, headers)
             return
-        if kind == "chat":
-            payload = {**head, "object": "chat.completion", "choices": [
-                {"index": i, "message": {"role": "assistant", "content": gate.REFUSAL_TEXT},
-                 "logprobs": None, "finish_reason": REFUSAL_FINISH} for i in range(choices)]}
-        else:
-            payload = {**head, "object": "text_completion", "choices": [
-                {"index": i, "text": gate.REFUSAL_TEXT, "logprobs": None, "finish_reason": REFUSAL_FINISH}
-                for i in range(choices)]}
-        payload.update(usage=usage, oblivio=decision_json(outcome))
+        refused = [shapes.message_choice(i, gate.REFUSAL_TEXT, REFUSAL_FINISH) if kind == "chat"
+                   else shapes.text_choice(i, gate.REFUSAL_TEXT, REFUSAL_FINISH) for i in range(choices)]
+        payload = shapes.answer(kind, head, refused, usage=usage, oblivio=decision_json(outcome))
         await JSONResponse(payload, headers=headers)(scope, receive, send)
 
     @staticmethod
-    def _events(kind: str, head: dict[str, Any], choices: int, outcome: GateOutcome,
+    def _events(kind: shapes.Kind, head: dict[str, Any], choices: int, outcome: GateOutcome,
                 usage: dict[str, int] | None) -> list[dict[str, Any]]:
+        oblivio = decision_json(outcome)
         if kind == "chat":
-            chunk = {**head, "object": "chat.completion.chunk"}
-            events = [{**chunk, "oblivio": decision_json(outcome), "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                for i in range(choices)]}]
-            events += [{**chunk, "choices": [{"index": i, "delta": {"content": gate.REFUSAL_TEXT}, "logprobs": None,
-                                              "finish_reason": REFUSAL_FINISH}]} for i in range(choices)]
+            roles = [shapes.delta_choice(i, {"role": "assistant", "content": ""}, None) for i in range(choices)]
+            events = [shapes.chunk(kind, head, roles, oblivio=oblivio)]
+            events += [shapes.chunk(kind, head, [shapes.delta_choice(i, {"content": gate.REFUSAL_TEXT}, REFUSAL_FINISH)])
+                       for i in range(choices)]
         else:
-            chunk = {**head, "object": "text_completion"}
-            events = [{**chunk, **({"oblivio": decision_json(outcome)} if i == 0 else {}), "choices": [
-                {"index": i, "text": gate.REFUSAL_TEXT, "logprobs": None, "finish_reason": REFUSAL_FINISH}]}
-                for i in range(choices)]
+            events = [shapes.chunk(kind, head, [shapes.text_choice(i, gate.REFUSAL_TEXT, REFUSAL_FINISH)],
+                                   **({"oblivio": oblivio} if i == 0 else {})) for i in range(choices)]
         if usage is not None:
-            events.append({**head, "object": events[0]["object"], "choices": [], "usage": usage})
+            events.append(shapes.chunk(kind, head, [], usage=usage))
         return events
 
 
@@ -250,8 +237,8 @@ async def _send_events(send: Send, events: list[dict[str, Any]], headers: dict[s
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
     for event in events:
-        await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        await send({"type": "http.response.body", "body": shapes.sse(event).encode(), "more_body": True})
+    await send({"type": "http.response.body", "body": shapes.SSE_DONE.encode(), "more_body": False})
 
 
 def decision_headers(outcome: GateOutcome) -> dict[str, str]:
@@ -486,7 +473,8 @@ class GatedVLLMApp:
 
     async def _gated(self, path: str, headers: dict[str, str], scope: Scope, receive: Receive,
                      send: Send) -> JSONResponse | None:
-        kind, endpoint = ("chat", "http.chat_completions") if path == CHAT_PATH else ("completion", "http.completions")
+        kind: shapes.Kind = "chat" if path == CHAT_PATH else "text"
+        endpoint = "http.chat_completions" if kind == "chat" else "http.completions"
         started = time.perf_counter()
         raw = await read_body(receive)
         try:
