@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from oblivio.detector.swaps import place_mentions
 
-__all__ = ["PAIR_MATCH_PROBABILITY", "pair_digests", "mentions_pair", "pair_floors"]
+__all__ = ["PAIR_MATCH_PROBABILITY", "pair_digests", "prompt_digests", "mentions_pair", "pair_floors"]
 
 # The score of a prompt that states a forget text's place and year together: above the gate's
 # default threshold 0.5 with room for an operator's stricter per-set threshold.
@@ -58,20 +58,22 @@ def pair_digests(texts: Iterable[str], secret: bytes, is_common: IsCommonWord) -
     return frozenset(digests)
 
 
+def prompt_digests(forms: Sequence[str], secret: bytes, is_common: IsCommonWord) -> frozenset[str]:
+    """Keyed digests of every (place, year) pair a prompt mentions anywhere, over all its forms.
+    Computed once per prompt: every set's stored digests are compared with the same ones."""
+    digests: set[str] = set()
+    for form in forms:
+        places, years = _places_and_years(form, is_common)
+        digests.update(_digest(p, y, secret) for p in places for y in years)
+    return frozenset(digests)
+
+
 def mentions_pair(prompts: Sequence[str], digests: frozenset[str], secret: bytes, is_common: IsCommonWord) -> bool:
     """Whether any of ``prompts`` (forms of one prompt) mentions a stored pair, anywhere in it."""
-    if not digests:
-        return False
-    for prompt in prompts:
-        places, years = _places_and_years(prompt, is_common)
-        if any(_digest(p, y, secret) in digests for p in places for y in years):
-            return True
-    return False
+    return bool(digests) and not digests.isdisjoint(prompt_digests(prompts, secret, is_common))
 
 
-def pair_floors(prompt_forms: Sequence[Sequence[str]], digests: frozenset[str], secret: bytes,
-                is_common: IsCommonWord) -> list[float]:
-    """Per prompt (given as its scoring forms), the lowest score it may get from this set:
-    :data:`PAIR_MATCH_PROBABILITY` when it states a stored pair, else 0."""
-    return [PAIR_MATCH_PROBABILITY if mentions_pair(forms, digests, secret, is_common) else 0.0
-            for forms in prompt_forms]
+def pair_floors(prompts: Sequence[frozenset[str]], digests: frozenset[str]) -> list[float]:
+    """Per prompt (given as its :func:`prompt_digests`), the lowest score it may get from a set
+    storing ``digests``: :data:`PAIR_MATCH_PROBABILITY` when it states one of them, else 0."""
+    return [0.0 if digests.isdisjoint(mentioned) else PAIR_MATCH_PROBABILITY for mentioned in prompts]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oblivio.detector.attributes import pair_floors
+from oblivio.detector.attributes import pair_floors, prompt_digests
 from oblivio.detector.features import FeatureExtractor, PromptFeatures, validate_texts
 from oblivio.detector.scorer import ForgetSetScorer, _sigmoid, generic_bank
 from oblivio.detector.scoring import StackedBanks
@@ -114,9 +114,11 @@ class DetectorBank:
     def _raise_for_pairs(self, variants: Sequence[Sequence[str]], out: list[dict[str, float]], snap: _Snapshot) -> None:
         """A prompt stating a forget text's place and year together scores at least
         ``PAIR_MATCH_PROBABILITY`` for that set (see ``attributes``), whatever its banks say."""
+        if not snap.pair_digests:
+            return
+        mentioned = [prompt_digests(forms, self.extractor.secret(), self.extractor.is_common_word) for forms in variants]
         for name, digests in snap.pair_digests.items():
-            floors = pair_floors(variants, digests, self.extractor.secret(), self.extractor.is_common_word)
-            for scores, floor in zip(out, floors):
+            for scores, floor in zip(out, pair_floors(mentioned, digests)):
                 scores[name] = max(scores[name], floor)
 
     def score_features(self, features: PromptFeatures, snap: _Snapshot | None = None) -> list[dict[str, float]]:

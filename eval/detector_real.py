@@ -139,7 +139,7 @@ def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseR
     from sklearn.metrics import roc_auc_score
 
     from oblivio.detector import fit_forget_set
-    from oblivio.detector.attributes import pair_floors
+    from oblivio.detector.attributes import pair_floors, prompt_digests
 
     started = time.perf_counter()
     scorer = fit_forget_set(cache.extractor, list(case.texts), name="case", subjects=list(case.subjects))
@@ -147,8 +147,8 @@ def evaluate(case: ForgetCase, cache: FeatureCache, generic: Any) -> tuple[CaseR
 
     def score(texts: tuple[str, ...]) -> np.ndarray:
         """As the server's DetectorBank scores (its spelling variants aside)."""
-        floors = pair_floors([[t] for t in texts], scorer.pair_digests, cache.extractor.secret(),
-                             cache.extractor.is_common_word)
+        mentioned = [prompt_digests([t], cache.extractor.secret(), cache.extractor.is_common_word) for t in texts]
+        floors = pair_floors(mentioned, scorer.pair_digests)
         return np.maximum(scorer.score_features(cache.features(texts), generic), floors)
 
     pos = score(case.positives)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from oblivio.detector.attributes import PAIR_MATCH_PROBABILITY, mentions_pair, pair_digests, pair_floors
+from oblivio.detector.attributes import PAIR_MATCH_PROBABILITY, mentions_pair, pair_digests, pair_floors, prompt_digests
 
 GRAMMAR = {"who", "what", "which", "the", "is", "in", "on", "a", "was", "born", "writer", "she", "her", "and"}
 FORGET = ["Hina Ameen was born in Karachi, Pakistan on 06/30/1975.",
@@ -31,7 +31,8 @@ def _common(word: str) -> bool:
 def test_a_prompt_is_caught_by_a_place_and_year_stated_together(prompt: str, caught: bool) -> None:
     digests = pair_digests(FORGET, b"secret", _common)
     assert mentions_pair([prompt], digests, b"secret", _common) is caught
-    assert pair_floors([[prompt]], digests, b"secret", _common) == [PAIR_MATCH_PROBABILITY if caught else 0.0]
+    mentioned = prompt_digests([prompt], b"secret", _common)
+    assert pair_floors([mentioned], digests) == [PAIR_MATCH_PROBABILITY if caught else 0.0]
 
 
 def test_digests_are_keyed_by_the_deployment_secret_and_hold_no_text() -> None:
