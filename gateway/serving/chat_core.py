@@ -445,7 +445,7 @@ class ChatCore:
             parsed = _parse_messages(messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
             prompt_ids = self.render(parsed)
             settings = self.resolve_sampling(sampling, len(prompt_ids))
-            outcome = await self.evaluate(parsed)
+            outcome = await self.evaluate_texts([conversation_text(parsed)])  # parsed once, above
         except Exception as exc:
             if self.metrics is not None:
                 self.metrics.observe_request(endpoint, type(exc).__name__, time.perf_counter() - started)
