@@ -303,29 +303,30 @@ class DecisionStamp:
     def _renamed(self, body: bytes) -> bytes:
         return body.replace(*self._rename) if self._rename else body
 
-    def _stamp_json(self, body: bytes) -> bytes:
+    def _with_decision(self, payload_json: bytes) -> bytes | None:
+        """``payload_json`` with the ``oblivio`` field added, or None when it is not an answer
+        (not JSON, or an error without ``choices``: no decision to report)."""
         try:
-            payload = json.loads(body)
+            payload = json.loads(payload_json)
         except ValueError:
-            return body
+            return None
         if not isinstance(payload, dict) or "choices" not in payload:
-            return body  # an error: no decision to report
+            return None
         payload["oblivio"] = decision_json(self._outcome)
         return json.dumps(payload).encode()
+
+    def _stamp_json(self, body: bytes) -> bytes:
+        return self._with_decision(body) or body
 
     def _stamp_events(self, body: bytes) -> bytes:
         if self._stamped or not body.startswith(b"data: {"):
             return body
         event, separator, rest = body.partition(b"\n\n")
-        try:
-            payload = json.loads(event[len(b"data: "):])
-        except ValueError:
+        stamped = self._with_decision(event[len(b"data: "):])
+        if stamped is None:
             return body
-        if not isinstance(payload, dict) or "choices" not in payload:
-            return body
-        payload["oblivio"] = decision_json(self._outcome)
         self._stamped = True
-        return b"data: " + json.dumps(payload).encode() + separator + rest
+        return b"data: " + stamped + separator + rest
 
 
 # ---------------------------------------------------------------------------- the gate
