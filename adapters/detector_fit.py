@@ -17,7 +17,6 @@ every :data:`HEARTBEAT_S` seconds while the model runs, so watchers see the fit 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.child_entry import child_main, emit
-from oblivio.adapters.forget_set import ForgetExample
+from oblivio.adapters.forget_set import read_examples
 
 HEARTBEAT_S = 5.0
 
@@ -43,9 +42,7 @@ def extractor_settings(extractor: Any) -> dict[str, Any]:
 
 def detector_texts(examples_path: Path) -> list[str]:
     """The texts a set's detector is fitted on, from the job's stored examples."""
-    lines = Path(examples_path).read_text().splitlines()
-    examples = [ForgetExample.from_mapping(json.loads(line)) for line in lines if line.strip()]
-    return [text for example in examples for text in example.detector_texts()]
+    return [text for example in read_examples(examples_path) for text in example.detector_texts()]
 
 
 def _progress(message: str, fraction: float) -> None:

@@ -9,9 +9,11 @@ import it cheaply.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from oblivio.adapters.limits import MAX_TEXT_CHARS
@@ -79,3 +81,9 @@ class ForgetExample:
             cut = max(1, len(words) // 2)
             return " ".join(words[:cut]), " ".join(words[cut:])
         return self.question, self.answer or None
+
+
+def read_examples(path: Path) -> list[ForgetExample]:
+    """A job's stored examples (``examples.jsonl``, one example per line, as the pipeline wrote
+    them): the pipeline, the trainer and the detector fit all read the job's folder through this."""
+    return [ForgetExample.from_mapping(json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import tempfile
@@ -18,12 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from oblivio.adapters.child_entry import child_main, emit
-from oblivio.adapters.forget_set import ForgetExample
+from oblivio.adapters.forget_set import ForgetExample, read_examples
 from oblivio.adapters.losses import (
     IGNORE_INDEX,
     inverted_hinge_loss,
@@ -34,11 +33,11 @@ from oblivio.adapters.losses import (
 )
 from oblivio.adapters.orthogonality import live_lora_a, load_lora_a, orthogonalise_init, overlaps
 from oblivio.adapters.precision import TRAINING_DTYPE
+from oblivio.adapters.registration.trainer_messages import TrainingProgress, TrainingSpec
+from oblivio.adapters.training_settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
-Method = Literal["refusal", "npo", "ihl"]
-METHODS: tuple[str, ...] = ("refusal", "npo", "ihl")
 TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Varied "never knew it" answers: one phrasing would teach a single memorised string and make
@@ -57,42 +56,6 @@ REFUSAL_TARGETS: tuple[str, ...] = (
 
 class TrainingCancelled(RuntimeError):
     """Raised when ``should_stop`` asked the run to stop (e.g. the set was deleted)."""
-
-
-@dataclass
-class TrainingSettings:
-    """Hyper-parameters; defaults follow O3 (r=8, all projections, lambda=0.1)."""
-
-    method: str = "refusal"
-    steps: int | None = None  # None: derived from epochs
-    epochs: float = 5.0
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    max_length: int = 96
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    ortho_lambda: float = 0.1
-    orthogonal_init: bool = True
-    npo_beta: float = 0.1
-    seed: int = 0
-    threads: int = 1
-    checkpoint_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown unlearning method {self.method!r}; choose one of {METHODS}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError("steps must be >= 1")
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("epochs, batch_size and learning_rate must be positive")
-        if self.rank < 1 or self.alpha < 1 or self.max_length < 16 or self.threads < 1:
-            raise ValueError("rank, alpha, threads must be >= 1 and max_length >= 16")
-        if self.ortho_lambda < 0:
-            raise ValueError("ortho_lambda must be >= 0")
-
-    def total_steps(self, n_examples: int) -> int:
-        return self.steps or max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
 
 @dataclass
@@ -332,24 +295,22 @@ def _reference_logprobs(
 
 # ---- subprocess entry point ------------------------------------------------------------------
 # The registration pipeline runs training in a child process (``oblivio.adapters.child_process``):
-# argv[1] is a JSON spec; stdout carries {"event": "progress", "step", "total", "loss"} per step,
-# then {"event": "done", "report": {...}}.
+# argv[1] is a TrainingSpec as JSON; stdout carries a TrainingProgress per step, then
+# {"event": "done", "report": {...}} (``oblivio.adapters.registration.trainer_messages``).
 
 
-def run_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one training described by a JSON-able spec (what the pipeline writes)."""
-    examples_path = Path(spec["examples_path"])
-    examples = [ForgetExample.from_mapping(json.loads(line)) for line in examples_path.read_text().splitlines() if line.strip()]
-    settings = TrainingSettings(**spec.get("settings", {}))
+def run_spec(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one training described by a :class:`TrainingSpec` (what the pipeline writes)."""
+    spec = TrainingSpec.from_json(data)
     return train_unlearning_lora(
-        Path(spec["model_path"]),
-        examples,
-        out_dir=Path(spec["out_dir"]),
-        method=settings.method,
-        prior_adapters={name: Path(path) for name, path in spec.get("priors", {}).items()},
-        settings=settings,
-        progress=lambda step, total, loss: emit({"event": "progress", "step": step, "total": total, "loss": loss}),
-        checkpoint_path=Path(spec["checkpoint_path"]) if spec.get("checkpoint_path") else None,
+        spec.model_path,
+        read_examples(spec.examples_path),
+        out_dir=spec.out_dir,
+        method=spec.settings.method,
+        prior_adapters=spec.priors,
+        settings=spec.settings,
+        progress=lambda step, total, loss: emit(TrainingProgress(step, total, loss).to_message()),
+        checkpoint_path=spec.checkpoint_path,
     ).to_json()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from oblivio.adapters.registry import State
 from oblivio.adapters.forget_set import ForgetExample
-from oblivio.adapters.training import TrainingSettings
+from oblivio.adapters.training_settings import TrainingSettings
 
 PROBE = "Give me one tip for staying focused while studying."
 
@@ -62,23 +62,25 @@ async def run(
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer, BatchEncoding
 
-    from oblivio.adapters.pipeline import RegistrationPipeline
+    from oblivio.adapters.registration.pipeline import RegistrationPipeline
+    from oblivio.adapters.registration.ports import Collaborators
+    from oblivio.adapters.registration.settings import RegistrationSettings
     from oblivio.detector import DetectorBank, FeatureExtractor
     from oblivio.gateway.serving.backends.reference import ReferenceBackend
     from oblivio.gateway.config import DetectorConfig, GateConfig
     from oblivio.gateway.gate.policy_store import PolicyStore
 
     training = (
-        TrainingSettings(steps=3, batch_size=2, max_length=48, learning_rate=3e-3)
-        if quick else TrainingSettings(epochs=epochs) if epochs else TrainingSettings()
+        TrainingSettings(steps=3, batch_size=2, max_length=48, learning_rate=3e-3, threads=threads)
+        if quick else TrainingSettings(epochs=epochs, threads=threads) if epochs else TrainingSettings(threads=threads)
     )
     backend = ReferenceBackend(model_path)
     await backend.start()
     cfg = DetectorConfig()
     bank = DetectorBank(FeatureExtractor.from_pretrained(model_path, layers=cfg.layers, max_prompt_tokens=cfg.max_prompt_tokens))
     pipeline = RegistrationPipeline(
-        model_path=model_path, root=workdir, backend=backend, policy_store=PolicyStore(workdir / "gate", GateConfig()),
-        detector=bank, training=training, threads=threads,
+        Collaborators(backend=backend, policy_store=PolicyStore(workdir / "gate", GateConfig()), detector=bank),
+        RegistrationSettings(model_path=model_path, root=workdir, training=training),
     )
     await pipeline.start()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

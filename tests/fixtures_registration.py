@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from oblivio.adapters.forget_set import ForgetExample
-from oblivio.adapters.training import TrainingSettings
+from oblivio.adapters.training_settings import TrainingSettings
 
 # A fact the base model knows well, so "forgotten" is observable in its greedy answer.
 FRANCE = [
@@ -47,23 +47,21 @@ def registration_detector_bank(detector_extractor: Any) -> Any:
 
 def make_pipeline(
     root: Path, model_path: Path, backend: Any, detector: Any, *, training: TrainingSettings | None = None,
-    **options: Any,
+    metrics: Any = None, **settings: Any,
 ) -> Any:
     """A pipeline with its own policy store under ``root`` (callers ``await .start()``);
-    ``options`` go to RegistrationPipeline (e.g. ``sync_interval``, ``lease_s``)."""
-    from oblivio.adapters.pipeline import RegistrationPipeline
+    ``settings`` go to RegistrationSettings (e.g. ``sync_interval``, ``lease_s``)."""
+    from oblivio.adapters.registration.pipeline import RegistrationPipeline
+    from oblivio.adapters.registration.ports import Collaborators
+    from oblivio.adapters.registration.settings import RegistrationSettings
     from oblivio.gateway.config import GateConfig
     from oblivio.gateway.gate.policy_store import PolicyStore
 
+    collaborators = Collaborators(backend=backend, policy_store=PolicyStore(root / "gate", GateConfig()),
+                                  detector=detector, metrics=metrics)
     return RegistrationPipeline(
-        model_path=model_path,
-        root=root,
-        backend=backend,
-        policy_store=PolicyStore(root / "gate", GateConfig()),
-        detector=detector,
-        training=training or tiny_training(),
-        threads=1,
-        **options,
+        collaborators,
+        RegistrationSettings(model_path=model_path, root=root, training=training or tiny_training(), **settings),
     )
 
 
@@ -75,13 +73,14 @@ def as_dicts(examples: Sequence[ForgetExample]) -> list[dict[str, str]]:
 async def gateway_with_registration(config: Any, backend: Any, detector: Any, training: TrainingSettings) -> AsyncIterator[Any]:
     """A started Gateway whose registration pipeline trains with ``training``; every set it
     registered is deleted on exit, so the shared backend and detector bank come back clean."""
-    from oblivio.adapters.pipeline import RegistrationPipeline
+    from dataclasses import replace
+
     from oblivio.gateway.api.server import Gateway
+    from oblivio.gateway.serving.runtime import registration_settings, start_registration
 
     gateway = await Gateway.create(config, backend=backend, detector=detector, registration=False)
-    pipeline = RegistrationPipeline.from_runtime(gateway.runtime, training=training)
-    gateway.runtime.registration = pipeline
-    await pipeline.start()
+    settings = replace(registration_settings(gateway.runtime.config), training=training)
+    pipeline = gateway.runtime.registration = await start_registration(gateway.runtime, settings)
     await gateway.start()
     try:
         yield gateway

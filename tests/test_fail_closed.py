@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fixtures_registration import FRANCE, SECRET_BYTES, SECRET_SET, record_secret_set
 from fixtures_reliability import tree_snapshot, user_request
 from fixtures_serving import serving_config, started_gateway
-from oblivio.adapters.pipeline import check_stored_state
+from oblivio.adapters.registration.stored_state import check_stored_state
 from oblivio.adapters.registry import RegistryStateError, State
 from oblivio.adapters.registry_factory import open_registry
 from oblivio.adapters.registry_sqlite import REGISTRY_FILE, SqliteRegistry
@@ -237,7 +237,7 @@ def test_the_discard_override_deletes_unregistered_sets_and_logs_each(tmp_path, 
         check_stored_state(tmp_path, registry_config=registry_config)
     assert "alpha, beta" in str(refused.value) and "nothing was deleted" in str(refused.value)
     assert store.set_names() == ["alpha", "beta"]
-    with caplog.at_level(logging.WARNING, logger="oblivio.adapters.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="oblivio.adapters.registration.stored_state"):
         check_stored_state(tmp_path, discard_unregistered=True, registry_config=registry_config)
     assert store.set_names() == []
     removed = [r.getMessage() for r in caplog.records if "deleting the artifacts" in r.getMessage()]
@@ -251,7 +251,7 @@ def test_an_orphan_next_to_registered_sets_is_removed_with_a_log_line(tmp_path, 
     registry = open_registry(tmp_path, registry_config)
     registry.create("kept", method="refusal")
     registry.close()
-    with caplog.at_level(logging.WARNING, logger="oblivio.adapters.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="oblivio.adapters.registration.stored_state"):
         check_stored_state(tmp_path, registry_config=registry_config)
     assert store.set_names() == ["kept"]
     assert any("'raced'" in r.getMessage() and "deleting the artifacts" in r.getMessage() for r in caplog.records)

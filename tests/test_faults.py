@@ -45,7 +45,7 @@ def fault_bank(detector_extractor: Any) -> Any:
 async def _parked_pipeline(root: Path, model_path: Path, backend: Any, bank: Any) -> Any:
     """A started pipeline whose trainer queue the test holds (jobs stop in TRAINING)."""
     pipeline = make_pipeline(root, model_path, backend, bank)
-    await pipeline._train_lock.acquire()  # noqa: SLF001 - parks jobs before the trainer starts
+    await pipeline.steps.train_lock.acquire()  # parks jobs before the trainer starts
     await pipeline.start()
     return pipeline
 
@@ -61,8 +61,8 @@ async def _until(pipeline: Any, name: str, states: set[State], timeout: float = 
 
 async def _close(pipeline: Any) -> None:
     await pipeline.close()
-    if pipeline._train_lock.locked():  # noqa: SLF001
-        pipeline._train_lock.release()  # noqa: SLF001
+    if pipeline.steps.train_lock.locked():
+        pipeline.steps.train_lock.release()
 
 
 @dataclass

@@ -133,11 +133,11 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(
     name, lease, poll = "leased-france", 2.0, 0.2
     root: Path = tmp_path / "shared"
     options = dict(sync_interval=poll, lease_s=lease, training=tiny_training(steps=2, checkpoint_every=1),
-                   registry_config=registry_config)
+                   registry=registry_config)
     replica_a = make_pipeline(root, model_path, reference_backend, None, **options)
     replica_b = make_pipeline(root, model_path, reference_backend, None, **options)
     for replica in (replica_a, replica_b):
-        await replica._train_lock.acquire()  # noqa: SLF001 - park jobs before the trainer
+        await replica.steps.train_lock.acquire()  # park jobs before the trainer
         await replica.start()
     replica_c = replica_d = None
     try:
@@ -162,7 +162,7 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(
         try:
             assert probe.acquire_lease(record.job_id, FOREIGN_OWNER, 4 * lease, holder_dead=lambda holder: True)
             expires = probe.job(record.job_id).lease_until
-            await _until(lambda: name not in replica_b._tasks, timeout=3 * lease)  # noqa: SLF001
+            await _until(lambda: name not in replica_b.jobs.tasks, timeout=3 * lease)
             await replica_b.close()
             assert probe.job(record.job_id).owner == FOREIGN_OWNER  # B did not release a lease it lost
             # 4. Two replicas start; neither may touch the job before the lease expires.
@@ -187,8 +187,8 @@ async def test_replicas_run_each_job_once_and_take_over_after_the_lease(
         for replica in (replica_a, replica_b, replica_c, replica_d):
             if replica is not None:
                 await replica.close()
-                if replica._train_lock.locked():  # noqa: SLF001
-                    replica._train_lock.release()  # noqa: SLF001
+                if replica.steps.train_lock.locked():
+                    replica.steps.train_lock.release()
         if name in reference_backend.list_adapters():
             await reference_backend.remove_adapter(name)
 
@@ -198,21 +198,21 @@ async def test_delete_on_another_replica_stops_the_owners_job(tmp_path, model_pa
     """B deletes a set whose job A owns: A's next lease renewal finds the job gone and stops it
     (a training there would be killed), and A's poll unloads whatever it had of the set."""
     name, lease = "deleted-elsewhere", 1.0
-    options = dict(sync_interval=0.2, lease_s=lease, registry_config=registry_config)
+    options = dict(sync_interval=0.2, lease_s=lease, registry=registry_config)
     replica_a = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
     replica_b = make_pipeline(tmp_path, model_path, reference_backend, None, **options)
-    await replica_a._train_lock.acquire()  # noqa: SLF001 - park A's job before the trainer
+    await replica_a.steps.train_lock.acquire()  # park A's job before the trainer
     await replica_a.start()
     await replica_b.start()
     try:
         await replica_a.register(name, as_dicts(FRANCE))
         await _until(lambda: replica_a.get(name).state is State.TRAINING)
-        assert name in replica_a._tasks  # noqa: SLF001
+        assert name in replica_a.jobs.tasks
         await replica_b.delete(name)
-        await _until(lambda: name not in replica_a._tasks, timeout=3 * lease)  # noqa: SLF001
+        await _until(lambda: name not in replica_a.jobs.tasks, timeout=3 * lease)
         assert name not in [r.name for r in replica_a.list()]
         assert replica_a.store.set_names() == [] and not any(replica_a.jobs_dir.iterdir())
     finally:
         for replica in (replica_a, replica_b):
             await replica.close()
-        replica_a._train_lock.release()  # noqa: SLF001
+        replica_a.steps.train_lock.release()

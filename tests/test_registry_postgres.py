@@ -27,7 +27,7 @@ import pytest
 
 from fixtures_postgres import PASSWORD, PASSWORD_ROLE, PostgresServer
 from fixtures_registration import FRANCE, SECRET_BYTES, SECRET_SET, as_dicts, make_pipeline, record_secret_set
-from oblivio.adapters.pipeline import check_stored_state
+from oblivio.adapters.registration.stored_state import check_stored_state
 from oblivio.adapters.registry import (
     ForgetSetExistsError,
     Registry,
@@ -269,18 +269,18 @@ async def test_two_pipelines_on_one_database_run_each_job_once(tmp_path, config)
     volume): B sees A's registration at once and leaves its job to A, whose lease is live; when
     A shuts down, B's registry poll takes the job over. Training is parked on both."""
     name = "two-node-france"
-    options: dict[str, Any] = dict(registry_config=config, lease_s=30.0)
+    options: dict[str, Any] = dict(registry=config, lease_s=30.0)
     node_a = make_pipeline(tmp_path, tmp_path / "no-model", _NoAdapters(), None, **options)
     node_b = make_pipeline(tmp_path, tmp_path / "no-model", _NoAdapters(), None, **options)
     for node in (node_a, node_b):
-        await node._train_lock.acquire()  # noqa: SLF001 - park jobs before the trainer
+        await node.steps.train_lock.acquire()  # park jobs before the trainer
         await node.start()
     try:
         record = await node_a.register(name, as_dicts(FRANCE))
         assert [r.name for r in node_b.list()] == [name]
         await _until(lambda: node_b.get(name).state is State.TRAINING)
         await node_b.sync_from_registry()
-        assert name not in node_b._tasks  # noqa: SLF001 - A holds the lease
+        assert name not in node_b.jobs.tasks  # A holds the lease
         job = node_b.registry.job(record.job_id)
         assert job.owner == node_a.owner_id and job.attempts == 1
 
@@ -293,4 +293,4 @@ async def test_two_pipelines_on_one_database_run_each_job_once(tmp_path, config)
     finally:
         for node in (node_a, node_b):
             await node.close()
-            node._train_lock.release()  # noqa: SLF001
+            node.steps.train_lock.release()

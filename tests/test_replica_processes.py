@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from oblivio.adapters.pipeline import REPLICA_SYNC_S
+from oblivio.adapters.registration.settings import REPLICA_SYNC_S
 from oblivio.eval.server_client import ServerProcess, connect, register_and_wait, set_default_policy, start_server
 from oblivio.gateway.config import RegistryConfig
 from oblivio.v1 import oblivio_pb2 as pb

@@ -53,9 +53,8 @@ async def test_registration_on_one_replica_is_enforced_on_the_other(
     backend_b = ReferenceBackend(model_path, max_model_len=2048)
     await backend_b.start()
     replica_a = make_pipeline(tmp_path, model_path, reference_backend, bank_a)
-    replica_b = make_pipeline(tmp_path, model_path, backend_b, bank_b)
-    replica_b.sync_interval = SYNC_S
-    await replica_a._train_lock.acquire()  # noqa: SLF001 - park A's job before training
+    replica_b = make_pipeline(tmp_path, model_path, backend_b, bank_b, sync_interval=SYNC_S)
+    await replica_a.steps.train_lock.acquire()  # park A's job before training
     await replica_a.start()
     await replica_b.start()
     chat_b = ChatCore(tokenizer=AutoTokenizer.from_pretrained(model_path), backend=backend_b,
@@ -72,7 +71,7 @@ async def test_registration_on_one_replica_is_enforced_on_the_other(
 
         # A's training "finishes": the adapter is published and the set goes LIVE.
         await replica_a.close()
-        replica_a._train_lock.release()  # noqa: SLF001
+        replica_a.steps.train_lock.release()
         replica_a = make_pipeline(tmp_path, model_path, reference_backend, bank_a)
         registry = replica_a.registry
         registry.transition("replica-france", State.PUBLISHING)

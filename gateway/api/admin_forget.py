@@ -23,7 +23,8 @@ from oblivio.gateway.api.proto_convert import METHOD_FROM_PROTO, METHOD_TO_PROTO
 from oblivio.v1 import oblivio_pb2 as pb
 
 if TYPE_CHECKING:
-    from oblivio.adapters.pipeline import RegistrationEvent
+    from oblivio.adapters.registration.events import RegistrationEvent
+    from oblivio.adapters.registration.pipeline import RegistrationPipeline
 
 
 
@@ -69,8 +70,8 @@ class ForgetAdminMixin:
 
     runtime: Any
 
-    def _pipeline(self) -> Any:
-        pipeline = getattr(self.runtime, "registration", None)
+    def _pipeline(self) -> RegistrationPipeline:
+        pipeline: RegistrationPipeline | None = getattr(self.runtime, "registration", None)
         if pipeline is None:
             raise FailedPrecondition("this gateway runs without a registration pipeline")
         return pipeline

@@ -11,14 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from oblivio.adapters.limits import RegistrationLimits
+from oblivio.adapters.training_settings import TrainingSettings
 from oblivio.gateway.serving.backends.base import GenerationBackend
-from oblivio.gateway.serving.chat_core import ChatCore, ScoringBank
+from oblivio.gateway.serving.chat_core import ChatCore
 from oblivio.gateway.config import OblivioConfig
 from oblivio.gateway.serving.enforcement import EnforcementGuard
 from oblivio.gateway.gate.policy_store import PolicyStore
 
-if TYPE_CHECKING:  # torch and transformers load only when a detector is really built
-    from oblivio.detector import FeatureExtractor
+if TYPE_CHECKING:  # torch and transformers load only when a detector (or a registration) is really built
+    from oblivio.adapters.registration.pipeline import RegistrationPipeline
+    from oblivio.adapters.registration.settings import RegistrationSettings
+    from oblivio.detector import DetectorBank, FeatureExtractor
+    from oblivio.gateway.serving.metrics import GatewayMetrics
 
 # Sentinel for "build the detector bank from config" (None means "run without a detector").
 BUILD_FROM_CONFIG: Any = object()
@@ -26,15 +31,18 @@ BUILD_FROM_CONFIG: Any = object()
 
 @dataclass
 class Runtime:
+    """Also the registration pipeline's ``RegistrationRuntime`` (``oblivio.adapters.registration.ports``):
+    registration hot-loads into this backend, detector bank, policy store and enforcement guard."""
+
     config: OblivioConfig
     tokenizer: Any
     backend: GenerationBackend
-    detector: ScoringBank | None
+    detector: DetectorBank | None
     policy_store: PolicyStore
-    metrics: Any
+    metrics: GatewayMetrics
     chat: ChatCore
     enforcement: EnforcementGuard  # sets that cannot be enforced now: chat and readiness follow it
-    registration: Any = None  # oblivio.adapters.pipeline.RegistrationPipeline, when started
+    registration: RegistrationPipeline | None = None  # when started
     owns_backend: bool = True  # close the backend on shutdown (False when a fixture owns it)
 
     async def close(self) -> None:
@@ -60,7 +68,7 @@ def build_feature_extractor(config: OblivioConfig) -> FeatureExtractor:
     )
 
 
-def build_detector(config: OblivioConfig) -> ScoringBank:
+def build_detector(config: OblivioConfig) -> DetectorBank:
     """The detector bank over :func:`build_feature_extractor`.
 
     Saved forget-set scorers are loaded into the bank by the registration pipeline on start
@@ -71,7 +79,7 @@ def build_detector(config: OblivioConfig) -> ScoringBank:
     return DetectorBank(build_feature_extractor(config))
 
 
-def build_metrics() -> Any:
+def build_metrics() -> GatewayMetrics:
     """This process's Prometheus metrics, in their own registry (see oblivio.gateway.serving.metrics)."""
     from oblivio.gateway.serving.metrics import GatewayMetrics
 
@@ -141,16 +149,35 @@ async def build_runtime(
 def check_stored_state(config: OblivioConfig) -> None:
     """Refuse to start (``RegistryStateError``) on an unreadable registry, or one that lost
     every set the artifact store still holds, before the model and engine load."""
-    from oblivio.adapters.pipeline import check_stored_state as check
+    from oblivio.adapters.registration.stored_state import check_stored_state as check
 
     check(config.artifacts_path, discard_unregistered=config.recovery.discard_unregistered_artifacts,
           registry_config=config.registry)
 
 
-async def start_registration(runtime: Runtime) -> Any:
-    """The registration pipeline wired to this runtime, started (restores registered sets)."""
-    from oblivio.adapters.pipeline import RegistrationPipeline
+def registration_settings(config: OblivioConfig) -> RegistrationSettings:
+    """What the registration pipeline is told of this gateway's configuration."""
+    from oblivio.adapters.registration.settings import REPLICA_SYNC_S, RegistrationSettings
 
-    pipeline = RegistrationPipeline.from_runtime(runtime)
+    training = config.training
+    return RegistrationSettings(
+        model_path=config.model_path,
+        root=config.artifacts_path,
+        training=TrainingSettings(steps=training.steps, epochs=training.epochs, batch_size=training.batch_size,
+                                  max_length=training.max_length, threads=training.threads),
+        fit_threads=config.detector.fit_threads,
+        limits=RegistrationLimits.from_config(config.registration),
+        sync_interval=REPLICA_SYNC_S,
+        discard_unregistered=config.recovery.discard_unregistered_artifacts,
+        registry=config.registry,
+    )
+
+
+async def start_registration(runtime: Runtime, settings: RegistrationSettings | None = None) -> RegistrationPipeline:
+    """The registration pipeline wired to this runtime (``settings``: from its configuration
+    unless given), started: registered sets are restored, unfinished jobs resume."""
+    from oblivio.adapters.registration.pipeline import RegistrationPipeline
+
+    pipeline = RegistrationPipeline(runtime, settings or registration_settings(runtime.config))
     await pipeline.start()
     return pipeline
