@@ -1,8 +1,8 @@
 """The unlearning LoRA's hyper-parameters, without torch.
 
-Why apart from ``oblivio.adapters.training``: the registration pipeline and the trainer's
-spec describe a training with this dataclass, and neither but the trainer itself may pay for
-importing torch.
+Why apart from ``oblivio.adapters.training``: the gateway's configuration (its ``training``
+section), the registration pipeline and the trainer's spec all describe a training with this
+one dataclass, and none of them but the trainer itself may pay for importing torch.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ METHODS: tuple[str, ...] = ("refusal", "npo", "ihl")
 
 @dataclass
 class TrainingSettings:
-    """Hyper-parameters; defaults follow O3 (r=8, all projections, lambda=0.1)."""
+    """Hyper-parameters; defaults follow O3 (r=8, all projections, lambda=0.1, 5 epochs, batches of 8).
+
+    Also the gateway's ``training`` config section (``OBLIVIO_TRAINING__STEPS=2`` and the like),
+    validated by :meth:`__post_init__`: ``steps`` caps a run at a fixed number of optimizer
+    steps, which is how CI and smoke tests of a real ``oblivio serve`` keep a registration to
+    seconds. ``method`` and ``seed`` are chosen per set by the registration pipeline.
+    """
 
     method: str = "refusal"
-    steps: int | None = None  # None: derived from epochs
+    steps: int | None = None  # fixed optimizer steps; None: derived from epochs
     epochs: float = 5.0
     batch_size: int = 8
     learning_rate: float = 1e-3
-    max_length: int = 96
+    max_length: int = 96  # tokens per training sequence
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -32,7 +38,7 @@ class TrainingSettings:
     orthogonal_init: bool = True
     npo_beta: float = 0.1
     seed: int = 0
-    threads: int = 1
+    threads: int = 1  # torch threads of the trainer (a background child process)
     checkpoint_every: int = 10
 
     def __post_init__(self) -> None:

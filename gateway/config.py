@@ -24,6 +24,7 @@ from oblivio.adapters.limits import (
     DEFAULT_MAX_TOTAL_TOKENS,
     MAX_TEXT_CHARS,
 )
+from oblivio.adapters.training_settings import TrainingSettings
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 ENV_PREFIX = "OBLIVIO_"
@@ -38,6 +39,8 @@ MIN_SECRET_CHARS = 16
 # ``url`` too: the registry refuses a password in its URL, but the refusal must not print it.
 SECRET_FIELDS = frozenset({"admin_tokens", "chat_api_keys", "metrics_tokens", "projection_seed", "password", "url"})
 REDACTED = "<redacted>"
+# How pydantic names an unknown field: in a model section, and in a dataclass one (``training``).
+UNKNOWN_FIELD_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
 
 
 class ConfigError(ValueError):
@@ -151,18 +154,6 @@ class GateConfig(_Section):
         if any(s <= 0 or s > 4 for s in grid):
             raise ValueError("scales must lie in (0, 4]")
         return tuple(sorted(set(grid)))
-
-
-class TrainingConfig(_Section):
-    """Background LoRA training of registered sets. Defaults follow O3 (5 epochs, batches of 8);
-    ``steps`` caps the run at a fixed number of optimizer steps, which is how CI and smoke tests
-    of a real ``oblivio serve`` keep a registration to seconds (OBLIVIO_TRAINING__STEPS=2)."""
-
-    threads: int = Field(default=1, ge=1, description="torch threads for background training")
-    steps: int | None = Field(default=None, ge=1, description="fixed optimizer steps; empty = derived from epochs")
-    epochs: float = Field(default=5.0, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    max_length: int = Field(default=96, ge=16, description="tokens per training sequence")
 
 
 class RegistrationConfig(_Section):
@@ -289,7 +280,7 @@ class OblivioConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)  # validated by its __post_init__
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
@@ -372,7 +363,7 @@ def _shown_input(item: Mapping[str, Any]) -> str:
     (``OBLIVIO_AUTH__ADMIN_TOKEN``) still carries the secret. Section-level errors show the
     section with its secrets redacted.
     """
-    if item["type"] == "extra_forbidden":
+    if item["type"] in UNKNOWN_FIELD_ERRORS:
         return ""
     if any(part in SECRET_FIELDS for part in item["loc"]):
         return f" (got {REDACTED})"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from oblivio.adapters.limits import RegistrationLimits
-from oblivio.adapters.training_settings import TrainingSettings
 from oblivio.gateway.serving.backends.base import GenerationBackend
 from oblivio.gateway.serving.chat_core import ChatCore
 from oblivio.gateway.config import OblivioConfig
@@ -159,12 +158,10 @@ def registration_settings(config: OblivioConfig) -> RegistrationSettings:
     """What the registration pipeline is told of this gateway's configuration."""
     from oblivio.adapters.registration.settings import REPLICA_SYNC_S, RegistrationSettings
 
-    training = config.training
     return RegistrationSettings(
         model_path=config.model_path,
         root=config.artifacts_path,
-        training=TrainingSettings(steps=training.steps, epochs=training.epochs, batch_size=training.batch_size,
-                                  max_length=training.max_length, threads=training.threads),
+        training=config.training,
         fit_threads=config.detector.fit_threads,
         limits=RegistrationLimits.from_config(config.registration),
         sync_interval=REPLICA_SYNC_S,
