@@ -289,76 +289,93 @@ def auth_denied(authenticator: Any, authorization: str | None, scope: Scope = Sc
     return None
 
 
-def create_base_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
-                    max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
-    """What both HTTP front doors share: body and concurrency limits, OpenAI-shaped errors,
-    ``/health`` and ``/metrics``. ``authenticator`` (oblivio.gateway.api.auth.Authenticator)
-    guards metrics; ``metrics`` (oblivio.gateway.serving.metrics.GatewayMetrics) is rendered there;
-    ``max_body_bytes`` bounds what one request may make the server buffer;
-    ``max_concurrent_chats`` bounds generations in progress (None = unbounded)."""
-    app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    if max_concurrent_chats is not None:
-        app.add_middleware(ChatConcurrencyLimit, limit=max_concurrent_chats)
-    app.state.ready = False
+class HealthAndMetrics:
+    """The routes both HTTP front doors share: ``/health``, ``/metrics`` and OpenAI-shaped
+    errors for what Starlette answers itself. ``authenticator``
+    (oblivio.gateway.api.auth.Authenticator) guards metrics; ``metrics``
+    (oblivio.gateway.serving.metrics.GatewayMetrics) is rendered there (None: the process's
+    default Prometheus registry)."""
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    def __init__(self, chat: ChatCore, *, authenticator: Any = None, metrics: Any = None) -> None:
+        self.chat = chat
+        self.authenticator = authenticator
+        self.metrics = metrics
+
+    def install(self, app: FastAPI) -> None:
+        app.exception_handler(StarletteHTTPException)(self.http_error)
+        app.add_api_route("/health", self.health, methods=["GET"])
+        app.add_api_route("/metrics", self.prometheus, methods=["GET"])
+
+    async def http_error(self, _: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette answers 404 / 405 / 413 with {"detail": ...}; OpenAI clients only
         # understand {"error": {...}}, so keep that shape for every error.
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(exc.status_code, str(exc.detail), kind=kind)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        if not chat.enforcement.ready:  # fail closed: chat is refused, so this replica is not ready
-            return JSONResponse({"status": "unavailable", "reason": chat.enforcement.summary()}, status_code=503)
-        ready = app.state.ready and await chat.backend.healthy()
+    async def health(self, request: Request) -> JSONResponse:
+        enforcement = self.chat.enforcement
+        if not enforcement.ready:  # fail closed: chat is refused, so this replica is not ready
+            return JSONResponse({"status": "unavailable", "reason": enforcement.summary()}, status_code=503)
+        ready = request.app.state.ready and await self.chat.backend.healthy()
         return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
+    async def prometheus(self, request: Request) -> Response:
         # Per-set series are operator data: an admin or metrics token once auth is configured.
-        if (denied := auth_denied(authenticator, request.headers.get("authorization"), Scope.METRICS)) is not None:
+        if (denied := auth_denied(self.authenticator, request.headers.get("authorization"), Scope.METRICS)) is not None:
             return denied
-        if metrics is not None:
-            return Response(metrics.render(), media_type=metrics.content_type)
+        if self.metrics is not None:
+            return Response(self.metrics.render(), media_type=self.metrics.content_type)
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+
+def create_base_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
+                    max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
+    """What both HTTP front doors share: body and concurrency limits and
+    :class:`HealthAndMetrics`. ``max_body_bytes`` bounds what one request may make the server
+    buffer; ``max_concurrent_chats`` bounds generations in progress (None = unbounded)."""
+    app = FastAPI(title="oblivio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if max_concurrent_chats is not None:
+        app.add_middleware(ChatConcurrencyLimit, limit=max_concurrent_chats)
+    app.state.ready = False
+    HealthAndMetrics(chat, authenticator=authenticator, metrics=metrics).install(app)
     return app
 
 
-def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
-               max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
-    """The hand-written OpenAI front door over ChatCore, for the reference backend (its
-    exactness tests); the vLLM backend gets vLLM's own (:mod:`oblivio.gateway.api.openai_vllm`).
-    Arguments as for :func:`create_base_app`."""
-    app = create_base_app(chat, authenticator=authenticator, metrics=metrics,
-                          max_body_bytes=max_body_bytes, max_concurrent_chats=max_concurrent_chats)
+class OpenAIServingChat:
+    """The hand-written OpenAI routes over ChatCore: ``GET /v1/models`` and
+    ``POST /v1/chat/completions`` (one object per front door, its routes its methods, as vLLM's
+    ``vllm.entrypoints.openai`` serving classes are)."""
 
-    def _check_auth(request: Request) -> JSONResponse | None:
-        return auth_denied(authenticator, request.headers.get("authorization"))
+    def __init__(self, chat: ChatCore, *, authenticator: Any = None) -> None:
+        self.chat = chat
+        self.authenticator = authenticator
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        if (denied := _check_auth(request)) is not None:
+    def install(self, app: FastAPI) -> None:
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+        app.add_api_route(CHAT_PATH, self.chat_completions, methods=["POST"])
+
+    def _denied(self, request: Request) -> JSONResponse | None:
+        return auth_denied(self.authenticator, request.headers.get("authorization"))
+
+    async def models(self, request: Request) -> JSONResponse:
+        if (denied := self._denied(request)) is not None:
             return denied
         return JSONResponse({
             "object": "list",
-            "data": [{"id": chat.served_model, "object": "model", "created": 0, "owned_by": "oblivio"}],
+            "data": [{"id": self.chat.served_model, "object": "model", "created": 0, "owned_by": "oblivio"}],
         })
 
-    @app.post(CHAT_PATH)
-    async def chat_completions(request: Request) -> Any:
-        if (denied := _check_auth(request)) is not None:
+    async def chat_completions(self, request: Request) -> Any:
+        if (denied := self._denied(request)) is not None:
             return denied
         raw = await request.body()  # outside the try: an oversized body's 413 has its own handler
         try:
             body = parse_chat_request(raw)
             messages = [m.to_message(i) for i, m in enumerate(body.messages)]
-            session = await chat.start(
+            session = await self.chat.start(
                 messages, body.sampling(), model=body.model, endpoint=CHAT_ENDPOINT
             )
         except Exception as exc:  # noqa: BLE001 - mapped to OpenAI's error shape
@@ -368,7 +385,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                _sse(session, created, include_usage),
+                self._sse(session, created, include_usage),
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
@@ -377,7 +394,7 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
         except Exception as exc:  # noqa: BLE001
             return error_for(exc, CHAT_ENDPOINT)
         finish = OPENAI_FINISH.get(session.finish_reason or "stop", "stop")
-        head = {"id": session.request_id, "created": created, "model": chat.served_model}
+        head = {"id": session.request_id, "created": created, "model": self.chat.served_model}
         return JSONResponse(
             shapes.answer("chat", head, [shapes.message_choice(0, text, finish)],
                           usage=shapes.usage(session.prompt_tokens, session.completion_tokens),
@@ -385,8 +402,8 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
             headers=headers,
         )
 
-    async def _sse(session: Any, created: int, include_usage: bool) -> AsyncIterator[str]:
-        head = {"id": session.request_id, "created": created, "model": chat.served_model}
+    async def _sse(self, session: Any, created: int, include_usage: bool) -> AsyncIterator[str]:
+        head = {"id": session.request_id, "created": created, "model": self.chat.served_model}
         yield shapes.sse(shapes.chunk("chat", head, [shapes.delta_choice(0, {"role": "assistant", "content": ""}, None)],
                                       oblivio=decision_json(session.outcome)))
         try:
@@ -404,4 +421,13 @@ def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None
                                           usage=shapes.usage(session.prompt_tokens, session.completion_tokens)))
         yield shapes.SSE_DONE
 
+
+def create_app(chat: ChatCore, *, authenticator: Any = None, metrics: Any = None,
+               max_body_bytes: int = 4 * 1024 * 1024, max_concurrent_chats: int | None = None) -> FastAPI:
+    """The hand-written OpenAI front door over ChatCore, for the reference backend (its
+    exactness tests); the vLLM backend gets vLLM's own (:mod:`oblivio.gateway.api.openai_vllm`).
+    Arguments as for :func:`create_base_app`."""
+    app = create_base_app(chat, authenticator=authenticator, metrics=metrics,
+                          max_body_bytes=max_body_bytes, max_concurrent_chats=max_concurrent_chats)
+    OpenAIServingChat(chat, authenticator=authenticator).install(app)
     return app
