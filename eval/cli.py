@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(continual)
     continual.set_defaults(handler=_continual)
+    tofu = actions.add_parser(
+        "tofu",
+        help="TOFU end to end: forget01/05/10 as sequential requests through a real server, "
+             "Forget Quality and Model Utility against baselines, PNG plots",
+    )
+    from oblivio.eval.tofu_unlearning import add_arguments as add_tofu_arguments
+
+    add_tofu_arguments(tofu)
+    tofu.set_defaults(handler=_tofu)
     return evaluate
 
 
@@ -73,3 +82,12 @@ def _continual(args: argparse.Namespace) -> int:
     from oblivio.eval.continual import run_from_args
 
     return run_from_args(args, "oblivio eval continual")
+
+
+def _tofu(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from oblivio.eval.tofu_unlearning import run_from_args
+
+    return run_from_args(args, shlex.join(["oblivio", *sys.argv[1:]]))

@@ -34,7 +34,7 @@ from oblivio.eval.facts import item_key_values
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
 from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
 from oblivio.eval.server_client import answer_all, connect, register_and_wait, set_default_policy, start_server
-from oblivio.eval.target_model import FinetuneSettings, evaluation_models
+from oblivio.eval.target_model import FinetuneSettings, entity_pairs, evaluation_models
 from oblivio.gateway.api.proto_convert import METHOD_TO_PROTO
 
 LOG = logging.getLogger(__name__)
@@ -311,7 +311,8 @@ def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path
 
     print(f"fine-tuning: retain model ({settings.n_people - len(forget_ids)} people), then the target "
           f"(+{len(forget_ids)} forget people); cached under {cache_root}", flush=True)
-    retain, target = evaluation_models(base_model, dataset, forget_ids, cache_root, settings.finetune, progress)
+    retain, target = evaluation_models(base_model, entity_pairs(dataset, dataset.retain_ids(forget_ids)),
+                                       entity_pairs(dataset, forget_ids), cache_root, settings.finetune, progress)
     models = {label: json.loads((path / "finetune.json").read_text()) for label, path in (("retain", retain), ("target", target))}
     cost: dict[str, str] = {}
     # The server's artifact directory holds adapters and detector state of invented people: a

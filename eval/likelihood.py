@@ -32,6 +32,16 @@ class AnswerLikelihood:
     # Geometric mean over perturbed answers of P(wrong) / P(true), length-normalised; None when
     # the probe has no perturbed answers (general prompts).
     truth_ratio: float | None
+    # Each perturbed answer's length-normalised probability, for TOFU's normalised probability
+    # on real authors and world facts.
+    perturbed_probabilities: tuple[float, ...] = ()
+
+    @property
+    def normalised_probability(self) -> float:
+        """P(true) over P(true) + sum P(perturbed), all length-normalised (TOFU's "Prob." on
+        real authors and world facts, where raw probabilities are not comparable)."""
+        total = self.probability + sum(self.perturbed_probabilities)
+        return self.probability / total if total > 0 else 0.0
 
 
 # A refused probe produced no answer at all: it neither knows nor prefers anything, so it
@@ -53,10 +63,11 @@ class Probe:
     answer: str
     perturbed: tuple[str, ...]
     adapters: tuple[tuple[str, float], ...] = ()
+    system: str | None = None  # an application's system prompt before the question, if any
 
     @property
-    def key(self) -> tuple[str, str, tuple[tuple[str, float], ...]]:
-        return self.question, self.answer, self.adapters
+    def key(self) -> tuple[str, str, tuple[tuple[str, float], ...], str | None]:
+        return self.question, self.answer, self.adapters, self.system
 
 
 class LikelihoodScorer:
@@ -70,7 +81,7 @@ class LikelihoodScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.artifacts_dir = artifacts_dir
         self._loaded: dict[str, int] = {}
-        self._cache: dict[tuple[str, str, tuple[tuple[str, float], ...]], AnswerLikelihood] = {}
+        self._cache: dict[tuple[str, str, tuple[tuple[str, float], ...], str | None], AnswerLikelihood] = {}
 
     async def start(self) -> None:
         await self.backend.start()
@@ -97,10 +108,11 @@ class LikelihoodScorer:
                 self._loaded[name] = version
                 self._cache = {k: v for k, v in self._cache.items() if all(n != name for n, _ in k[2])}
 
-    def _prompt_ids(self, question: str) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
+    def _prompt_ids(self, question: str, system: str | None) -> list[int]:
+        turns = [{"role": "user", "content": question}]
+        if system:
+            turns.insert(0, {"role": "system", "content": system})
+        rendered = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
     async def score(self, probes: Sequence[Probe]) -> list[AnswerLikelihood]:
@@ -112,7 +124,7 @@ class LikelihoodScorer:
         for adapters, group in missing.items():
             await self._ensure_adapters([name for name, _ in adapters])
             unique = list({probe.key: probe for probe in group}.values())
-            rows = [(self._prompt_ids(probe.question), self._answer_ids(text))
+            rows = [(self._prompt_ids(probe.question, probe.system), self._answer_ids(text))
                     for probe in unique for text in (probe.answer, *probe.perturbed)]
             per_token: list[list[float]] = []
             for start in range(0, len(rows), SCORING_BATCH):
@@ -122,7 +134,8 @@ class LikelihoodScorer:
             for probe in unique:
                 true, wrong = next(means), [next(means) for _ in probe.perturbed]
                 self._cache[probe.key] = AnswerLikelihood(
-                    probability=math.exp(true), truth_ratio=truth_ratio(true, wrong) if wrong else None)
+                    probability=math.exp(true), truth_ratio=truth_ratio(true, wrong) if wrong else None,
+                    perturbed_probabilities=tuple(math.exp(w) for w in wrong))
         return [self._cache[probe.key] for probe in probes]
 
     def _answer_ids(self, text: str) -> list[int]:

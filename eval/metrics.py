@@ -48,6 +48,31 @@ def contains_fact(prediction: str, key_values: Sequence[str]) -> bool:
     return any(f" {' '.join(_tokens(value))} " in words for value in key_values if _tokens(value))
 
 
+def answer_key_terms(answer: str, question: str, wrong_answers: Sequence[str] = (), paraphrase: str = "") -> set[str]:
+    """The words that make an answer right: the reference answer's content words that neither
+    the question nor any wrong answer says, and that its paraphrase keeps when there is one.
+    TOFU answers restate their question, its wrong answers keep the true one's wording, and its
+    paraphrases reword the style, so what is left is the fact (a name, a profession, a year).
+    Stop words are scikit-learn's."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    said_elsewhere = set(_tokens(question)).union(*(_tokens(w) for w in wrong_answers))
+    terms = {w for w in _tokens(answer) if w not in said_elsewhere and w not in ENGLISH_STOP_WORDS}
+    kept = terms & set(_tokens(paraphrase))
+    return kept or terms
+
+
+def knows_answer(prediction: str, answer: str, question: str, wrong_answers: Sequence[str] = (),
+                 paraphrase: str = "") -> bool:
+    """Accuracy on questions without a single key value (TOFU): the prediction holds at least
+    half of the answer's key terms (:func:`answer_key_terms`). When nothing is left to tell the
+    answer apart, ROUGE-L recall of one half counts as known."""
+    terms = answer_key_terms(answer, question, wrong_answers, paraphrase)
+    if not terms:
+        return rouge_l_recall(prediction, answer) >= 0.5
+    return len(terms & set(_tokens(prediction))) >= len(terms) / 2
+
+
 def truth_ratio(true_logprob_mean: float, perturbed_logprob_means: Sequence[float]) -> float:
     """P(perturbed)^(1/|a|) averaged geometrically, over P(true)^(1/|a|).
 

@@ -130,34 +130,38 @@ class Answer:
     decision: pb.GateDecision
 
 
-def _user(question: str) -> list[pb.ChatMessage]:
-    return [pb.ChatMessage(role=pb.ROLE_USER, content=question)]
+def _user(question: str, system: str | None = None) -> list[pb.ChatMessage]:
+    """One user turn, after an application's system prompt when it has one."""
+    turn = [pb.ChatMessage(role=pb.ROLE_USER, content=question)]
+    return [pb.ChatMessage(role=pb.ROLE_SYSTEM, content=system), *turn] if system else turn
 
 
-async def complete(chat: pb_grpc.ChatStub, question: str, max_tokens: int) -> pb.ChatResponse:
-    request = pb.ChatRequest(messages=_user(question), sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens))
+async def complete(chat: pb_grpc.ChatStub, question: str, max_tokens: int, system: str | None = None) -> pb.ChatResponse:
+    request = pb.ChatRequest(messages=_user(question, system),
+                             sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens))
     return await chat.Complete(request, timeout=600)
 
 
-async def explain_all(admin: pb_grpc.AdminStub, questions: Sequence[str]) -> list[pb.GateDecision]:
+async def explain_all(admin: pb_grpc.AdminStub, questions: Sequence[str], system: str | None = None) -> list[pb.GateDecision]:
     """The per-set gate decision for each question, in order (Admin.ExplainBatch)."""
     decisions: list[pb.GateDecision] = []
     for start in range(0, len(questions), EXPLAIN_CHUNK):
-        conversations = [pb.Conversation(messages=_user(q)) for q in questions[start:start + EXPLAIN_CHUNK]]
+        conversations = [pb.Conversation(messages=_user(q, system)) for q in questions[start:start + EXPLAIN_CHUNK]]
         reply = await admin.ExplainBatch(pb.ExplainBatchRequest(conversations=conversations), timeout=600)
         decisions += [result.decision for result in reply.results]
     return decisions
 
 
 async def answer_all(chat: pb_grpc.ChatStub, admin: pb_grpc.AdminStub, questions: Sequence[str], max_tokens: int,
-                     concurrency: int = 16) -> list[Answer]:
-    """Chat answers to ``questions`` (``concurrency`` at a time) with their explained decisions."""
+                     concurrency: int = 16, system: str | None = None) -> list[Answer]:
+    """Chat answers to ``questions`` (``concurrency`` at a time, each after the ``system``
+    prompt when given) with their explained decisions."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(question: str) -> pb.ChatResponse:
         async with gate:
-            return await complete(chat, question, max_tokens)
+            return await complete(chat, question, max_tokens, system)
 
     replies = await asyncio.gather(*(one(q) for q in questions))
-    decisions = await explain_all(admin, questions)
+    decisions = await explain_all(admin, questions, system)
     return [Answer(reply.text, decision) for reply, decision in zip(replies, decisions)]

@@ -51,16 +51,26 @@ class FinetuneSettings:
     threads: int = 2
 
 
-def cache_key(base_model: Path, dataset: EntityDataset, person_ids: Sequence[int], settings: FinetuneSettings,
-              replay_ids: Sequence[int] = ()) -> str:
+QAPair = tuple[str, str]
+
+
+def entity_pairs(dataset: EntityDataset, person_ids: Sequence[int]) -> list[QAPair]:
+    """Every (question, answer) the invented-people data set has about ``person_ids``."""
+    return [(item.question, item.answer) for item in dataset.items(person_ids)]
+
+
+def cache_key(base_model: Path, pairs: Sequence[QAPair], settings: FinetuneSettings,
+              replay: Sequence[QAPair] = ()) -> str:
+    """Everything that determines a fine-tuned model: the base, the data (by content, so two
+    data sources never share a cache entry) and the settings."""
     identity = {
         "base": str(Path(base_model).resolve()),
         "base_config": (Path(base_model) / "config.json").read_text(),
-        "seed": dataset.seed,
-        "people": len(dataset.people),
-        "ids": sorted(person_ids),
-        "replay": sorted(replay_ids),
-        "settings": asdict(settings),
+        "pairs": hashlib.sha256(json.dumps(sorted(pairs)).encode()).hexdigest(),
+        "replay": hashlib.sha256(json.dumps(sorted(replay)).encode()).hexdigest(),
+        # Threads change how fast a model is built, not which model: a cache filled on a busy
+        # machine with one thread serves a run with two.
+        "settings": {k: v for k, v in asdict(settings).items() if k != "threads"},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -78,26 +88,24 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets[predicted])
 
 
-def finetune_on_people(
+def finetune_on_pairs(
     base_model: Path,
-    dataset: EntityDataset,
-    person_ids: Sequence[int],
+    pairs: Sequence[QAPair],
     out_dir: Path,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: ProgressCallback | None = None,
-    replay_ids: Sequence[int] = (),
+    replay: Sequence[QAPair] = (),
 ) -> dict[str, Any]:
-    """Teach the model every question (fit and paraphrase templates) about ``person_ids``,
-    mixed with as many questions about ``replay_ids`` (sampled), which it should keep knowing."""
+    """Teach the model every (question, answer) pair, mixed with as many pairs sampled from
+    ``replay``, which it should keep knowing."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    items = dataset.items(person_ids)
-    if not items:
-        raise ValueError("no questions for the given people")
-    replay = dataset.items(replay_ids) if replay_ids else []
-    random.Random(settings.seed).shuffle(replay)
-    items = items + replay[: len(items)]
+    if not pairs:
+        raise ValueError("no questions to fine-tune on")
+    replayed = list(replay)
+    random.Random(settings.seed).shuffle(replayed)
+    items = list(pairs) + replayed[: len(pairs)]
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -106,7 +114,7 @@ def finetune_on_people(
     model.config.use_cache = False
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
     lora_model = get_peft_model(model, lora)
-    encoded = [encode_chat_turn(tokenizer, item.question, item.answer, settings.max_length) for item in items]
+    encoded = [encode_chat_turn(tokenizer, question, answer, settings.max_length) for question, answer in items]
     total = max(1, round(settings.epochs * len(encoded) / settings.batch_size))
     optimizer = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
@@ -132,23 +140,22 @@ def finetune_on_people(
 
 def cached_finetune(
     base_model: Path,
-    dataset: EntityDataset,
-    person_ids: Sequence[int],
+    pairs: Sequence[QAPair],
     cache_root: Path,
     label: str,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: ProgressCallback | None = None,
-    replay_ids: Sequence[int] = (),
+    replay: Sequence[QAPair] = (),
 ) -> Path:
     """The fine-tuned model folder, trained on first use and renamed into place atomically."""
-    target = Path(cache_root) / f"{label}-{cache_key(base_model, dataset, person_ids, settings, replay_ids)}"
+    target = Path(cache_root) / f"{label}-{cache_key(base_model, pairs, settings, replay)}"
     if (target / "finetune.json").exists():
         LOG.info("reusing %s model at %s", label, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{label}-") as tmp:
         staged = Path(tmp) / "model"
-        summary = finetune_on_people(base_model, dataset, person_ids, staged, settings, progress, replay_ids)
+        summary = finetune_on_pairs(base_model, pairs, staged, settings, progress, replay)
         (staged / "finetune.json").write_text(json.dumps({"label": label, **summary, "settings": asdict(settings)}, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -158,17 +165,16 @@ def cached_finetune(
 
 def evaluation_models(
     base_model: Path,
-    dataset: EntityDataset,
-    forget_ids: Sequence[int],
+    retain_pairs: Sequence[QAPair],
+    forget_pairs: Sequence[QAPair],
     cache_root: Path,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: Callable[[str], ProgressCallback] | None = None,
 ) -> tuple[Path, Path]:
-    """``(retain, target)``: the retain model never saw ``forget_ids``; the target is the retain
-    model taught the forget people too (see the module docstring for why it is built that way)."""
-    retain_ids = dataset.retain_ids(forget_ids)
-    retain = cached_finetune(base_model, dataset, retain_ids, cache_root, "retain", settings,
+    """``(retain, target)``: the retain model never saw ``forget_pairs``; the target is the
+    retain model taught them too, replaying as many retain pairs (see the module docstring)."""
+    retain = cached_finetune(base_model, retain_pairs, cache_root, "retain", settings,
                              progress("retain") if progress else None)
-    target = cached_finetune(retain, dataset, forget_ids, cache_root, "target", settings,
-                             progress("target") if progress else None, replay_ids=retain_ids)
+    target = cached_finetune(retain, forget_pairs, cache_root, "target", settings,
+                             progress("target") if progress else None, replay=retain_pairs)
     return retain, target

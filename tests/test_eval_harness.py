@@ -10,7 +10,7 @@ import pytest
 from oblivio.eval.entity_data import build_dataset
 from oblivio.eval.facts import item_key_values, key_values
 from oblivio.eval.metrics import contains_fact
-from oblivio.eval.target_model import FinetuneSettings, cache_key, cached_finetune
+from oblivio.eval.target_model import FinetuneSettings, cache_key, cached_finetune, entity_pairs
 
 
 def test_every_fact_has_key_values_found_in_its_own_answer() -> None:
@@ -29,32 +29,36 @@ def test_cached_finetune_builds_a_loadable_model_once(model_path: Path, tmp_path
     dataset = build_dataset(seed=0, n_people=4)
     settings = FinetuneSettings(epochs=0.32, batch_size=8, max_length=48, threads=1)  # 2 steps
     progress: list[int] = []
-    built = cached_finetune(model_path, dataset, [0], tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
+    built = cached_finetune(model_path, entity_pairs(dataset, [0]), tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
     assert progress == [1, 2]
     model = AutoModelForCausalLM.from_pretrained(built)
     assert not any("lora" in name for name in model.state_dict()), "the LoRA must be merged into the weights"
-    again = cached_finetune(model_path, dataset, [0], tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
+    again = cached_finetune(model_path, entity_pairs(dataset, [0]), tmp_path, "target", settings, lambda s, t, loss: progress.append(s))
     assert again == built and progress == [1, 2], "a second call must reuse the cached model"
-    assert cache_key(model_path, dataset, [1], settings) not in built.name, "other people, other model"
+    assert cache_key(model_path, entity_pairs(dataset, [1]), settings) not in built.name, "other people, other model"
 
 
 @pytest.mark.slow
 def test_target_is_the_retain_model_taught_the_forget_people(model_path: Path, tmp_path: Path) -> None:
     """The retain model never sees the forget people; the target is built on it from the forget
     people's questions plus as many replayed retain questions, and each is cached by content."""
-    from oblivio.eval.target_model import evaluation_models
+    from oblivio.eval.target_model import entity_pairs, evaluation_models
 
     dataset = build_dataset(seed=0, n_people=4)
     settings = FinetuneSettings(epochs=0.02, batch_size=8, max_length=48, threads=1)  # 1 step each
-    retain, target = evaluation_models(model_path, dataset, [2], tmp_path, settings)
+    def models(forget: int) -> tuple[Path, Path]:
+        kept = [p for p in range(len(dataset.people)) if p != forget]
+        return evaluation_models(model_path, entity_pairs(dataset, kept), entity_pairs(dataset, [forget]), tmp_path, settings)
+
+    retain, target = models(2)
     retain_run = json.loads((retain / "finetune.json").read_text())
     target_run = json.loads((target / "finetune.json").read_text())
     per_person = len(dataset.items([2]))
     assert retain_run["examples"] == 3 * per_person, "retain: every question of the three kept people"
     assert target_run["examples"] == 2 * per_person, "target: the forget person plus as many replayed"
     assert retain.name.startswith("retain-") and target.name.startswith("target-")
-    assert evaluation_models(model_path, dataset, [2], tmp_path, settings) == (retain, target)
-    _, other_target = evaluation_models(model_path, dataset, [3], tmp_path, settings)
+    assert models(2) == (retain, target)
+    _, other_target = models(3)
     assert other_target != target
 
 

@@ -51,3 +51,34 @@ def test_model_utility_is_a_harmonic_mean_that_collapses_with_any_zero() -> None
     assert model_utility(1.0, 0.5, 0.25, 0.5, 1.0) == pytest.approx(5 / (1 + 2 + 4 + 2 + 1))
     with pytest.raises(ValueError):
         model_utility()
+
+
+def test_tofu_accuracy_needs_the_fact_not_the_restated_question() -> None:
+    """On real TOFU rows: the true answer's key terms are the fact (not the question's words,
+    not what wrong answers share with it), so a restated question, a refusal or a wrong answer
+    in the true one's wording does not count as knowing, and the paraphrased answer does."""
+    from oblivio.eval import tofu
+    from oblivio.eval.metrics import answer_key_terms, knows_answer
+
+    rows = tofu.forget_split("forget10")
+    basil = next(r for r in rows if r.question.startswith("What is the full name of the author born in Kuwait City"))
+    assert basil.paraphrased_question and basil.paraphrased_answer
+    terms = answer_key_terms(basil.answer, basil.paraphrased_question, basil.perturbed_answers, basil.paraphrased_answer)
+    assert {"basil", "mahfouz"} <= terms and "kuwait" not in terms and "born" not in terms
+
+    def knows(prediction: str, row: tofu.TofuRow, wrong: tuple[str, ...]) -> bool:
+        return knows_answer(prediction, row.answer, row.paraphrased_question or row.question, wrong,
+                            row.paraphrased_answer or "")
+
+    assert knows("His name is Basil Mahfouz Al-Kuwaiti.", basil, basil.perturbed_answers)
+    wrong = sum(knows(r.perturbed_answers[0], r, r.perturbed_answers[1:]) for r in rows) / len(rows)
+    restated = sum(knows(r.paraphrased_question or "", r, r.perturbed_answers) for r in rows) / len(rows)
+    refused = sum(knows("I don't know anything about that author.", r, r.perturbed_answers) for r in rows) / len(rows)
+    assert wrong <= 0.05 and restated <= 0.01 and refused <= 0.02, (wrong, restated, refused)
+
+
+def test_normalised_probability_is_the_true_answer_share() -> None:
+    from oblivio.eval.likelihood import REFUSED_LIKELIHOOD, AnswerLikelihood
+
+    assert AnswerLikelihood(0.6, 0.5, (0.2, 0.2)).normalised_probability == pytest.approx(0.6)
+    assert REFUSED_LIKELIHOOD.normalised_probability == 0.0
