@@ -588,6 +588,27 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
+class BaseModelListing:
+    """``GET /v1/models`` from vLLM's own listing (``max_model_len``, permissions), cut to the
+    base model: vLLM would also list the variants leased to requests in flight, whose opaque
+    names clients must not see or use."""
+
+    def __init__(self, serving_models: Any, served_name: str, authenticator: Any = None) -> None:
+        self.serving_models = serving_models
+        self.served_name = served_name
+        self.authenticator = authenticator
+
+    def install(self, app: FastAPI) -> None:
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+
+    async def models(self, request: Request) -> JSONResponse:
+        if (denied := auth_denied(self.authenticator, request.headers.get("authorization"))) is not None:
+            return denied
+        listing = (await self.serving_models.show_available_models()).model_dump()
+        listing["data"] = [card for card in listing["data"] if card["id"] == self.served_name]
+        return JSONResponse(listing)
+
+
 async def create_vllm_app(chat: ChatCore, backend: Any, *, served_name: str, model_path: str, max_model_len: int,
                           authenticator: Any = None, metrics: Any = None, max_body_bytes: int = 4 * 1024 * 1024,
                           max_concurrent_chats: int | None = None) -> FastAPI:
@@ -597,16 +618,7 @@ async def create_vllm_app(chat: ChatCore, backend: Any, *, served_name: str, mod
                                            max_model_len=max_model_len)
     app = create_base_app(chat, authenticator=authenticator, metrics=metrics,
                           max_body_bytes=max_body_bytes, max_concurrent_chats=max_concurrent_chats)
-    serving_models = vllm_app.state.openai_serving_models
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        if (denied := auth_denied(authenticator, request.headers.get("authorization"))) is not None:
-            return denied
-        listing = (await serving_models.show_available_models()).model_dump()
-        listing["data"] = [card for card in listing["data"] if card["id"] == served_name]
-        return JSONResponse(listing)
-
+    BaseModelListing(vllm_app.state.openai_serving_models, served_name, authenticator).install(app)
     app.mount("/", GatedVLLMApp(vllm_app, chat, backend, served_name=served_name,
                                 authenticator=authenticator, metrics=metrics))
     app.add_middleware(RequestIds)
