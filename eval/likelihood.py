@@ -79,6 +79,8 @@ class LikelihoodScorer:
 
         self.backend = ReferenceBackend(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # Where published adapters are read; may change between calls (one evaluation replaying
+        # several servers' decisions, whose forget-set names differ).
         self.artifacts_dir = artifacts_dir
         self._loaded: dict[str, int] = {}
         self._cache: dict[tuple[str, str, tuple[tuple[str, float], ...], str | None], AnswerLikelihood] = {}

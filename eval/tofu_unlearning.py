@@ -71,10 +71,12 @@ def oblivio_config(method: str) -> str:
 class RunSettings:
     # Greedy answers per split and measurement (forget paraphrases share it equally between
     # requests); likelihood metrics always use every question.
-    generations_per_split: int = 40
-    # Questions per split for the likelihood metrics (FQ, probabilities, truth ratios); None =
-    # every question, as TOFU. Forget questions are shared equally between requests.
-    likelihood_questions: int | None = None
+    generations_per_split: int = 15
+    # Questions per split for the likelihood metrics (FQ, probabilities, truth ratios), forget
+    # questions shared equally between requests; None = every question, as TOFU. Why a sample:
+    # each question is six scored answers, and this CPU scores about six sequences a second, so
+    # every TOFU question under every configuration would take the better part of a day.
+    likelihood_questions: int | None = 30
     requests: int = len(REQUEST_SPLITS)
     max_tokens: int = 48
     methods: tuple[str, ...] = METHODS
@@ -91,7 +93,7 @@ class RunSettings:
     def quick(cls) -> "RunSettings":
         """A pipeline check with the full run's cached models: one method, 6 training steps per
         request, few answers, baselines after the last request only."""
-        return cls(generations_per_split=6, likelihood_questions=60, max_tokens=24, methods=("refusal",),
+        return cls(generations_per_split=6, likelihood_questions=15, max_tokens=24, methods=("refusal",),
                    registration_steps=6, baselines_every_request=False)
 
 
@@ -332,6 +334,9 @@ async def _measure_method(server: Any, target: LikelihoodScorer, retain: Likelih
             if method == settings.default_method and with_baselines:
                 default = await admin.GetGatePolicy(_get_policy_request())
                 for config, changes in BASELINE_POLICIES.items():
+                    # Each baseline is a change to the server's default policy, not to the
+                    # baseline before it.
+                    await admin.RollbackGatePolicy(_rollback_request(default.version))
                     await set_default_policy(admin, **changes)
                     log.add(await evaluator.measure(probes, k, config))
                 await admin.RollbackGatePolicy(_rollback_request(default.version))
@@ -375,12 +380,15 @@ async def _run(target_model: Path, retain_model: Path, scratch: Path, out_dir: P
     await retain.start()
     env = {"OBLIVIO_TRAINING__STEPS": str(settings.registration_steps)} if settings.registration_steps else {}
     ordered = sorted(settings.methods, key=lambda m: m != settings.default_method)
+    # One target scorer for every method's server: set names carry the method, so adapters never
+    # clash, and likelihoods under the base model (most retain, real-author and world-fact
+    # questions under a gate) are computed once for the whole run.
+    target = LikelihoodScorer(target_model)
+    await target.start()
     try:
         for index, method in enumerate(ordered):
-            artifacts = scratch / method
-            server = start_server(target_model, artifacts, out_dir / f"server-{method}.log", extra_env=env)
-            target = LikelihoodScorer(target_model, artifacts)
-            await target.start()
+            target.artifacts_dir = scratch / method
+            server = start_server(target_model, target.artifacts_dir, out_dir / f"server-{method}.log", extra_env=env)
             try:
                 if index == 0:
                     print("measuring the target before any request: untouched and behind the system-prompt guardrail",
@@ -390,8 +398,8 @@ async def _run(target_model: Path, retain_model: Path, scratch: Path, out_dir: P
                 checkpoint(log)
             finally:
                 server.stop()
-                await target.close()
     finally:
+        await target.close()
         await retain.close()
     return log
 

@@ -65,6 +65,7 @@ def test_measurements_follow_from_the_configuration(toy_report: Path) -> None:
         assert rows[(k, "oblivio_refusal")]["fired_forget"] > 0.5, "its authors' paraphrases must match"
         refused = rows[(k, "detector_refusal")]
         assert refused["forget_probability"] < untouched["forget_probability"], "a refusal has probability 0"
+        assert refused["fired_world_facts"] == 0.0, "each baseline changes the default policy, not the previous baseline"
     for row in rows.values():
         assert 0.0 <= row["forget_quality"] <= 1.0 and 0.0 <= row["model_utility"] <= 1.0
         assert 0.0 < row["retain_probability"] <= 1.0 and row["forget_truth_ratio"] > 0
