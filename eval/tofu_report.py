@@ -32,10 +32,27 @@ def _find(measurements: Sequence[Measurement], request: int, config: str) -> Mea
     return next((m for m in measurements if m.request == request and m.config == config), None)
 
 
+# Forget Quality is a p-value: at or above this level the model cannot be told apart from the
+# retain model, whatever the exact value.
+FQ_LEVEL = 0.05
+
+
+def _fq_order(ours: float, other: float) -> int:
+    """+1 when ours forgets better, -1 worse, 0 a tie. Two p-values at or above ``FQ_LEVEL`` are
+    a tie (both look like the retain model; 0.6 against 0.8 is not evidence of anything);
+    otherwise the side above the level wins, and below it the larger p-value."""
+    if ours >= FQ_LEVEL and other >= FQ_LEVEL:
+        return 0
+    if (ours >= FQ_LEVEL) != (other >= FQ_LEVEL):
+        return 1 if ours >= FQ_LEVEL else -1
+    return (ours > other) - (ours < other)
+
+
 def dominates(ours: Measurement, other: Measurement) -> bool:
-    """Better on forgetting (Forget Quality) or on utility (Model Utility) and not worse on the
-    other, with MU compared at the report's three decimals."""
-    fq_better, fq_worse = ours.forget_quality > other.forget_quality, ours.forget_quality < other.forget_quality
+    """Better on forgetting (Forget Quality, see :func:`_fq_order`) or on utility (Model
+    Utility, at the report's three decimals) and not worse on the other."""
+    order = _fq_order(ours.forget_quality, other.forget_quality)
+    fq_better, fq_worse = order > 0, order < 0
     mu_better = round(ours.model_utility, 3) > round(other.model_utility, 3)
     mu_worse = round(ours.model_utility, 3) < round(other.model_utility, 3)
     return (fq_better and not mu_worse) or (mu_better and not fq_worse)
@@ -61,7 +78,7 @@ def goals(measurements: Sequence[Measurement], default_method: str) -> list[tupl
         for baseline in BASELINES:
             other = _find(measurements, k, baseline)
             if other is not None:
-                rows.append((f"[{k}] beats {baseline} on FQ or MU without losing on the other",
+                rows.append((f"[{k}] beats {baseline} on FQ (at the 0.05 level) or MU without losing on the other",
                              f"FQ {ours.forget_quality:.3g} vs {other.forget_quality:.3g}; MU {ours.model_utility:.3f} "
                              f"vs {other.model_utility:.3f}", dominates(ours, other)))
     return rows

@@ -82,3 +82,20 @@ def test_normalised_probability_is_the_true_answer_share() -> None:
 
     assert AnswerLikelihood(0.6, 0.5, (0.2, 0.2)).normalised_probability == pytest.approx(0.6)
     assert REFUSED_LIKELIHOOD.normalised_probability == 0.0
+
+
+def test_baselines_are_beaten_on_one_axis_without_losing_on_the_other() -> None:
+    """Forget Quality is a p-value: two values above 0.05 are a tie, so the gate is not said to
+    lose to a baseline that wrecks utility for a p-value of 0.8 instead of 0.6."""
+    from dataclasses import replace
+
+    from oblivio.eval.tofu_report import dominates
+    from oblivio.eval.tofu_unlearning import Measurement
+
+    fields = {name: 0.5 for name in Measurement.__dataclass_fields__ if name not in ("request", "config")}
+    ours = Measurement(request=1, config="oblivio_refusal", **{**fields, "forget_quality": 0.6, "model_utility": 0.4})
+    assert dominates(ours, replace(ours, config="o3_gate", forget_quality=0.8, model_utility=0.0))
+    assert not dominates(ours, replace(ours, config="tie", forget_quality=0.9))
+    assert dominates(ours, replace(ours, config="refusal", forget_quality=1e-7))
+    assert not dominates(replace(ours, forget_quality=0.01), replace(ours, config="x", forget_quality=0.2, model_utility=0.1))
+    assert dominates(replace(ours, forget_quality=0.01), replace(ours, config="x", forget_quality=0.001))
