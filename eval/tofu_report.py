@@ -49,9 +49,12 @@ def _fq_order(ours: float, other: float) -> int:
 
 
 def dominates(ours: Measurement, other: Measurement) -> bool:
-    """Better on forgetting (Forget Quality, see :func:`_fq_order`) or on utility (Model
-    Utility, at the report's three decimals) and not worse on the other."""
+    """Better on forgetting or on utility (Model Utility, at the report's three decimals) and not
+    worse on the other. Forgetting is Forget Quality (:func:`_fq_order`), and on a tie the
+    accuracy on held-out paraphrased forget questions: lower forgets better."""
     order = _fq_order(ours.forget_quality, other.forget_quality)
+    if order == 0:
+        order = (ours.forget_accuracy < other.forget_accuracy) - (ours.forget_accuracy > other.forget_accuracy)
     fq_better, fq_worse = order > 0, order < 0
     mu_better = round(ours.model_utility, 3) > round(other.model_utility, 3)
     mu_worse = round(ours.model_utility, 3) < round(other.model_utility, 3)
@@ -78,8 +81,9 @@ def goals(measurements: Sequence[Measurement], default_method: str) -> list[tupl
         for baseline in BASELINES:
             other = _find(measurements, k, baseline)
             if other is not None:
-                rows.append((f"[{k}] beats {baseline} on FQ (at the 0.05 level) or MU without losing on the other",
-                             f"FQ {ours.forget_quality:.3g} vs {other.forget_quality:.3g}; MU {ours.model_utility:.3f} "
+                rows.append((f"[{k}] beats {baseline} on forgetting or MU without losing on the other",
+                             f"FQ {ours.forget_quality:.3g} vs {other.forget_quality:.3g}, forget acc "
+                             f"{ours.forget_accuracy:.0%} vs {other.forget_accuracy:.0%}; MU {ours.model_utility:.3f} "
                              f"vs {other.model_utility:.3f}", dominates(ours, other)))
     return rows
 

@@ -99,3 +99,5 @@ def test_baselines_are_beaten_on_one_axis_without_losing_on_the_other() -> None:
     assert dominates(ours, replace(ours, config="refusal", forget_quality=1e-7))
     assert not dominates(replace(ours, forget_quality=0.01), replace(ours, config="x", forget_quality=0.2, model_utility=0.1))
     assert dominates(replace(ours, forget_quality=0.01), replace(ours, config="x", forget_quality=0.001))
+    untouched = replace(ours, config="no_unlearning", forget_quality=0.07, forget_accuracy=0.2)
+    assert dominates(replace(ours, forget_accuracy=0.0), untouched), "an FQ tie goes to the lower forget accuracy"

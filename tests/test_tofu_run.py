@@ -73,7 +73,7 @@ def test_measurements_follow_from_the_configuration(toy_report: Path) -> None:
 
 def test_report_has_goals_plots_and_rewrites_from_its_json(toy_report: Path) -> None:
     text = toy_report.read_text()
-    assert "## Goals" in text and "Forget Quality >= 0.05" in text and "beats lora_always_on" in text
+    assert "## Goals" in text and "Forget Quality >= 0.05" in text and "beats lora_always_on on forgetting" in text
     for png in ("metrics_vs_request.png", "fq_vs_mu.png", "detector_roc.png"):
         assert (toy_report.parent / png).stat().st_size > 1000, png
     assert rewrite(toy_report.parent).read_text() == text
