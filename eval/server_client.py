@@ -117,6 +117,16 @@ async def set_default_policy(admin: pb_grpc.AdminStub, **changes: float | str) -
     return policy.version
 
 
+async def default_policy_version(admin: pb_grpc.AdminStub) -> int:
+    """The live gate policy's version, to come back to with :func:`rollback_policy`."""
+    return (await admin.GetGatePolicy(pb.GetGatePolicyRequest())).version
+
+
+async def rollback_policy(admin: pb_grpc.AdminStub, version: int) -> int:
+    """Make ``version``'s policy live again (as a new version); returns the new version."""
+    return (await admin.RollbackGatePolicy(pb.RollbackGatePolicyRequest(version=version))).version
+
+
 @dataclass(frozen=True)
 class Answer:
     """A chat reply's text with the gate's per-set decision for the same prompt.

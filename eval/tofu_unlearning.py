@@ -38,7 +38,8 @@ import numpy as np
 from oblivio.eval import tofu
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
 from oblivio.eval.metrics import forget_quality, knows_answer, model_utility, rouge_l_recall, truth_ratio_score
-from oblivio.eval.server_client import Answer, answer_all, connect, explain_all, register_and_wait, set_default_policy, start_server
+from oblivio.eval.server_client import (Answer, answer_all, connect, default_policy_version, explain_all, register_and_wait,
+                                        rollback_policy, set_default_policy, start_server)
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
 from oblivio.eval.tofu import TofuRow
 
@@ -332,28 +333,16 @@ async def _measure_method(server: Any, target: LikelihoodScorer, retain: Likelih
             log.add(await evaluator.measure(probes, k, oblivio_config(method)))
             with_baselines = settings.baselines_every_request or k == len(requests)
             if method == settings.default_method and with_baselines:
-                default = await admin.GetGatePolicy(_get_policy_request())
+                default = await default_policy_version(admin)
                 for config, changes in BASELINE_POLICIES.items():
                     # Each baseline is a change to the server's default policy, not to the
                     # baseline before it.
-                    await admin.RollbackGatePolicy(_rollback_request(default.version))
+                    await rollback_policy(admin, default)
                     await set_default_policy(admin, **changes)
                     log.add(await evaluator.measure(probes, k, config))
-                await admin.RollbackGatePolicy(_rollback_request(default.version))
+                await rollback_policy(admin, default)
             if method == settings.default_method and k == len(requests):
                 log.scores = await _score_log(admin, requests)
-
-
-def _get_policy_request() -> Any:
-    from oblivio.v1 import oblivio_pb2 as pb
-
-    return pb.GetGatePolicyRequest()
-
-
-def _rollback_request(version: int) -> Any:
-    from oblivio.v1 import oblivio_pb2 as pb
-
-    return pb.RollbackGatePolicyRequest(version=version)
 
 
 async def _score_log(admin: Any, requests: Sequence[Sequence[TofuRow]]) -> dict[str, list[float]]:
