@@ -32,7 +32,7 @@ import numpy as np
 from oblivio.eval.entity_data import EntityDataset, QAItem, build_dataset
 from oblivio.eval.facts import item_key_values
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
-from oblivio.eval.metrics import contains_fact, forget_quality, model_utility, rouge_l_recall, truth_ratio_score
+from oblivio.eval.metrics import contains_fact, forget_quality, mean_or_nan, model_utility, rouge_l_recall, truth_ratio_score
 from oblivio.eval.server_client import answer_all, connect, register_and_wait, set_default_policy, start_server
 from oblivio.eval.target_model import FinetuneSettings, entity_pairs, evaluation_models
 from oblivio.gateway.api.proto_convert import METHOD_TO_PROTO
@@ -148,9 +148,6 @@ def _forget_probes(dataset: EntityDataset, requests: Sequence[list[int]], n: int
             for item in _sample(dataset.items(people, paraphrase=True), share, number)]
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
 
 class Evaluator:
     """Measures one configuration: generations from the server, likelihoods replayed exactly."""
@@ -183,21 +180,21 @@ class Evaluator:
                  generated - started, time.monotonic() - generated)
 
         def accuracy(items: Sequence[QAItem], answers: Sequence[Any]) -> float:
-            return _mean([contains_fact(r.text, item_key_values(self.dataset, q)) for q, r in zip(items, answers)])
+            return mean_or_nan([contains_fact(r.text, item_key_values(self.dataset, q)) for q, r in zip(items, answers)])
 
         def rouge(items: Sequence[QAItem], answers: Sequence[Any]) -> float:
-            return _mean([rouge_l_recall(r.text, q.answer) for q, r in zip(items, answers)])
+            return mean_or_nan([rouge_l_recall(r.text, q.answer) for q, r in zip(items, answers)])
 
         def matched(answers: Sequence[Any]) -> float:
-            return _mean([bool(r.decision.adapters) or r.decision.refused for r in answers])
+            return mean_or_nan([bool(r.decision.adapters) or r.decision.refused for r in answers])
 
         retain_ratios = [lik.truth_ratio for lik in retain_l if lik.truth_ratio is not None]
-        general_accuracy = _mean([contains_fact(r.text, [g.answer]) for g, r in zip(probes.general, general_r)])
+        general_accuracy = mean_or_nan([contains_fact(r.text, [g.answer]) for g, r in zip(probes.general, general_r)])
         parts = dict(
-            retain_probability=_mean([lik.probability for lik in retain_l]),
+            retain_probability=mean_or_nan([lik.probability for lik in retain_l]),
             retain_rouge_l=rouge(probes.retain, retain_r),
             retain_truth_score=truth_ratio_score(retain_ratios) if retain_ratios else float("nan"),
-            general_probability=_mean([lik.probability for lik in general_l]),
+            general_probability=mean_or_nan([lik.probability for lik in general_l]),
             general_accuracy=general_accuracy,
         )
         measurement = Measurement(
@@ -205,8 +202,8 @@ class Evaluator:
             config=config,
             forget_accuracy=accuracy(probes.forget, forget_r),
             forget_rouge_l=rouge(probes.forget, forget_r),
-            forget_probability=_mean([lik.probability for lik in forget_l]),
-            forget_truth_ratio=_mean([lik.truth_ratio for lik in forget_l if lik.truth_ratio is not None]),
+            forget_probability=mean_or_nan([lik.probability for lik in forget_l]),
+            forget_truth_ratio=mean_or_nan([lik.truth_ratio for lik in forget_l if lik.truth_ratio is not None]),
             forget_quality=forget_quality([lik.truth_ratio for lik in forget_l if lik.truth_ratio is not None],
                                           [lik.truth_ratio for lik in reference if lik.truth_ratio is not None]),
             retain_accuracy=accuracy(probes.retain, retain_r),

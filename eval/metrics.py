@@ -24,6 +24,11 @@ from scipy.stats import hmean, ks_2samp
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def mean_or_nan(values: Sequence[float]) -> float:
+    """The mean, or NaN for no values (a split with nothing measured, not a zero score)."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 

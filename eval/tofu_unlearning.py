@@ -33,11 +33,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from oblivio.eval import tofu
 from oblivio.eval.likelihood import REFUSED, REFUSED_LIKELIHOOD, AnswerLikelihood, LikelihoodScorer, Probe, decision_adapters
-from oblivio.eval.metrics import forget_quality, knows_answer, model_utility, rouge_l_recall, truth_ratio_score
+from oblivio.eval.metrics import forget_quality, knows_answer, mean_or_nan, model_utility, rouge_l_recall, truth_ratio_score
 from oblivio.eval.server_client import (Answer, answer_all, connect, default_policy_version, explain_all, register_and_wait,
                                         rollback_policy, set_default_policy, start_server)
 from oblivio.eval.target_model import FinetuneSettings, evaluation_models
@@ -185,12 +184,9 @@ class Measurement:
     seconds: float
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
 
 def _fired(answers: Sequence[Answer]) -> float:
-    return _mean([bool(a.decision.adapters) or a.decision.refused for a in answers])
+    return mean_or_nan([bool(a.decision.adapters) or a.decision.refused for a in answers])
 
 
 class Evaluator:
@@ -233,30 +229,30 @@ class Evaluator:
             return [v.truth_ratio for v in values if v.truth_ratio is not None]
 
         def rouge(rows: Sequence[TofuRow], given: Sequence[Answer]) -> float:
-            return _mean([rouge_l_recall(a.text, r.answer) for r, a in zip(rows, given)])
+            return mean_or_nan([rouge_l_recall(a.text, r.answer) for r, a in zip(rows, given)])
 
         def accuracy(rows: Sequence[TofuRow], given: Sequence[Answer], paraphrased: bool) -> float:
-            return _mean([knows_answer(a.text, r.answer, (r.paraphrased_question or r.question) if paraphrased else r.question,
+            return mean_or_nan([knows_answer(a.text, r.answer, (r.paraphrased_question or r.question) if paraphrased else r.question,
                                        r.perturbed_answers, r.paraphrased_answer or "") for r, a in zip(rows, given)])
 
         # The reference is the retain model asked plainly, whatever this configuration adds.
         reference = ratios(await self.retain.score([replace(p, system=None) for p in truth[:n_f]]))
         parts = dict(
-            retain_probability=_mean([v.probability for v in retain_p]),
+            retain_probability=mean_or_nan([v.probability for v in retain_p]),
             retain_rouge_l=rouge(probes.retain_asked, retain_a),
             retain_truth_score=truth_ratio_score(ratios(retain_t)),
-            real_authors_probability=_mean([v.normalised_probability for v in ra_t]),
+            real_authors_probability=mean_or_nan([v.normalised_probability for v in ra_t]),
             real_authors_rouge_l=rouge(probes.real_authors_asked, ra_a),
             real_authors_truth_score=truth_ratio_score(ratios(ra_t)),
-            world_facts_probability=_mean([v.normalised_probability for v in wf_t]),
+            world_facts_probability=mean_or_nan([v.normalised_probability for v in wf_t]),
             world_facts_rouge_l=rouge(probes.world_facts_asked, wf_a),
             world_facts_truth_score=truth_ratio_score(ratios(wf_t)),
         )
         return Measurement(
             request=request, config=config,
             forget_quality=forget_quality(ratios(forget_t), reference),
-            forget_truth_ratio=_mean(ratios(forget_t)),
-            forget_probability=_mean([v.probability for v in forget_p]),
+            forget_truth_ratio=mean_or_nan(ratios(forget_t)),
+            forget_probability=mean_or_nan([v.probability for v in forget_p]),
             forget_rouge_l=rouge(probes.forget_asked, forget_a),
             forget_accuracy=accuracy(probes.forget_asked, forget_a, paraphrased=True),
             retain_accuracy=accuracy(probes.retain_asked, retain_para_a, paraphrased=True),
