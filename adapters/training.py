@@ -34,6 +34,14 @@ from oblivio.adapters.losses import (
 from oblivio.adapters.orthogonality import live_lora_a, load_lora_a, orthogonalise_init, overlaps
 from oblivio.adapters.precision import TRAINING_DTYPE
 from oblivio.adapters.registration.trainer_messages import TrainingProgress, TrainingSpec
+from oblivio.adapters.strength import (
+    CALIBRATED_METHODS,
+    StrengthCalibration,
+    bake_strength,
+    calibrate_strength,
+    hold_out,
+    never_knew_pairs,
+)
 from oblivio.adapters.training_settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,7 @@ class TrainingReport:
     seconds: float
     resumed_from_step: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    strength: dict[str, Any] | None = None  # StrengthCalibration of npo/ihl adapters (adapters/strength.py)
     training_dtype: str = TRAINING_DTYPE  # published as the adapter's precision (adapters/precision.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +157,7 @@ def train_unlearning_lora(
     *,
     out_dir: Path,
     method: str = "refusal",
+    subjects: Sequence[str] = (),
     prior_adapters: Sequence[Path] | Mapping[str, Path] = (),
     settings: TrainingSettings | None = None,
     progress: ProgressCallback | None = None,
@@ -160,6 +170,10 @@ def train_unlearning_lora(
     them display names for the overlap report); the new adapter is regularised to be
     orthogonal to them. ``checkpoint_path`` enables resume: an existing checkpoint there is
     continued from its step, and one is written every ``settings.checkpoint_every`` steps.
+
+    For npo and ihl a share of the examples (``settings.held_out_fraction``) is kept out of
+    training and the adapter's strength is calibrated on it (``oblivio.adapters.strength``);
+    ``subjects`` name whom the set is about, which the calibration moves onto other people.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,6 +216,9 @@ def train_unlearning_lora(
     # Items usable by this method: refusal uses all; npo/ihl need a forgotten continuation.
     pairs = [ex.as_pair(method) for ex in items]
     usable = [i for i, (_, answer) in enumerate(pairs) if method == "refusal" or answer is not None]
+    held_out: list[int] = []
+    if method in CALIBRATED_METHODS:
+        usable, held_out = hold_out(usable, settings.held_out_fraction, settings.seed)
     total = settings.total_steps(len(usable))
 
     reference_logp: dict[int, float] = {}
@@ -255,6 +272,12 @@ def train_unlearning_lora(
                 {"adapter": adapter_state, "optimizer": optimizer.state_dict(), "step": done, "losses": losses},
             )
 
+    strength: StrengthCalibration | None = None
+    if method in CALIBRATED_METHODS:
+        strength = _calibrate(model, tokenizer, [pairs[i] for i in held_out], subjects, settings, pad_id)
+        log.info("adapter strength %g: %s", strength.factor, strength.reason)
+        bake_strength(model, strength.factor)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
@@ -268,29 +291,59 @@ def train_unlearning_lora(
         seconds=time.monotonic() - started,
         resumed_from_step=start_step,
         settings=asdict(settings),
+        strength=strength.to_json() if strength is not None else None,
     )
     (out_dir / "training_report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
 
 
 @torch.no_grad()
+def _answer_logprobs(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], settings: TrainingSettings, pad_id: int,
+) -> list[tuple[float, int]]:
+    """(sum of log p(answer token | question), answer tokens) per pair, under the model as it is."""
+    out: list[tuple[float, int]] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(pairs), settings.batch_size):
+        rows = [encode_chat_turn(tokenizer, q, a, settings.max_length) for q, a in pairs[start : start + settings.batch_size]]
+        batch = collate_turns(rows, pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1).tolist()
+        out.extend(zip(sequence_logprobs(logits, batch["labels"]).tolist(), counts))
+    model.train(was_training)
+    return out
+
+
 def _reference_logprobs(
     model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str | None]], usable: Sequence[int],
     settings: TrainingSettings, pad_id: int,
 ) -> dict[int, float]:
     """log pi_ref(answer | question) under the base model (adapter disabled), computed once."""
-    out: dict[int, float] = {}
-    model.eval()
     with model.disable_adapter():
-        for start in range(0, len(usable), settings.batch_size):
-            chunk = usable[start : start + settings.batch_size]
-            rows = [encode_chat_turn(tokenizer, pairs[i][0], pairs[i][1] or "", settings.max_length) for i in chunk]
-            batch = collate_turns(rows, pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            for i, value in zip(chunk, sequence_logprobs(logits, batch["labels"]).tolist()):
-                out[i] = value
-    model.train()
-    return out
+        scored = _answer_logprobs(model, tokenizer, [(pairs[i][0], pairs[i][1] or "") for i in usable], settings, pad_id)
+    return {i: logp for i, (logp, _) in zip(usable, scored)}
+
+
+def _calibrate(
+    model: Any, tokenizer: Any, held_out: Sequence[tuple[str, str | None]], subjects: Sequence[str],
+    settings: TrainingSettings, pad_id: int,
+) -> StrengthCalibration:
+    """The strength calibration (``oblivio.adapters.strength``), measured with this model."""
+    answered = [(q, a) for q, a in held_out if a is not None]
+
+    def per_token(pairs: Sequence[tuple[str, str]]) -> float:
+        scored = _answer_logprobs(model, tokenizer, pairs, settings, pad_id)
+        return sum(logp for logp, _ in scored) / max(1, sum(count for _, count in scored))
+
+    def per_token_base(pairs: Sequence[tuple[str, str]]) -> float:
+        with model.disable_adapter():
+            return per_token(pairs)
+
+    return calibrate_strength(
+        model, answered, never_knew_pairs(answered, subjects, tokenizer, settings.seed),
+        adapted_logprob=per_token, base_logprob=per_token_base,
+    )
 
 
 # ---- subprocess entry point ------------------------------------------------------------------
@@ -307,6 +360,7 @@ def run_spec(data: Mapping[str, Any]) -> dict[str, Any]:
         read_examples(spec.examples_path),
         out_dir=spec.out_dir,
         method=spec.settings.method,
+        subjects=spec.subjects,
         prior_adapters=spec.priors,
         settings=spec.settings,
         progress=lambda step, total, loss: emit(TrainingProgress(step, total, loss).to_message()),

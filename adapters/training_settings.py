@@ -37,6 +37,7 @@ class TrainingSettings:
     ortho_lambda: float = 0.1
     orthogonal_init: bool = True
     npo_beta: float = 0.1
+    held_out_fraction: float = 0.2  # npo/ihl: share of examples kept out of training to calibrate strength on
     seed: int = 0
     threads: int = 1  # torch threads of the trainer (a background child process)
     checkpoint_every: int = 10
@@ -52,6 +53,8 @@ class TrainingSettings:
             raise ValueError("rank, alpha, threads must be >= 1 and max_length >= 16")
         if self.ortho_lambda < 0:
             raise ValueError("ortho_lambda must be >= 0")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError("held_out_fraction must be in [0, 1)")
 
     def total_steps(self, n_examples: int) -> int:
         return self.steps or max(1, math.ceil(self.epochs * n_examples / self.batch_size))

@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from oblivio.detector.vocabulary import CommonWords
 from oblivio.gateway.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = ["FeatureExtractor", "PromptFeatures", "validate_texts"]
-
-_COMMON_CACHE_LIMIT = 1 << 16
 
 
 def validate_texts(texts: object, *, what: str) -> list[str]:
@@ -134,7 +133,7 @@ class FeatureExtractor:
         self.projection_seed = projection_seed
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        self._common: dict[str, bool] = {}
+        self._common_words = CommonWords(tokenizer)
         self._prefix_ids, self._suffix_ids = self._turn_wrappers()
         self._projection = self._make_projection()
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
@@ -224,16 +223,8 @@ class FeatureExtractor:
         return q.astype(np.float32)
 
     def is_common_word(self, word: str) -> bool:
-        """True when the word's lower-case form is a single token of the model's vocabulary:
-        an ordinary word ("Historical", "Award"), not a name ("Montenegro", "Nakamura").
-        Uses the model's own vocabulary, so no word list has to be shipped or kept current."""
-        key = word.lower()
-        known = self._common.get(key)
-        if known is None:
-            if len(self._common) >= _COMMON_CACHE_LIMIT:  # chat prompts reach this: keep it bounded
-                self._common.clear()
-            known = self._common[key] = len(self.tokenizer(" " + key, add_special_tokens=False).input_ids) == 1
-        return known
+        """An ordinary word, not a name (:class:`~oblivio.detector.vocabulary.CommonWords`)."""
+        return self._common_words(word)
 
     @property
     def dim(self) -> int:

@@ -24,12 +24,37 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
-__all__ = ["EntityVocabulary", "entity_vocabulary", "MONTHS", "place_names"]
+__all__ = ["CommonWords", "EntityVocabulary", "entity_vocabulary", "MONTHS", "place_names"]
 
 MONTHS = frozenset(calendar.month_name[1:]) | frozenset(calendar.month_abbr[1:])
 _NAMES_PER_LOCALE = 400
 _MIN_CITY_POPULATION = 15_000
+_COMMON_CACHE_LIMIT = 1 << 16
+
+
+class CommonWords:
+    """Tells an ordinary word ("Historical", "Award") from a name ("Montenegro", "Nakamura").
+
+    A word is common when its lower-case form is a single token of the model's vocabulary, so
+    no word list has to be shipped or kept current. One test for every part that swaps or finds
+    entities (the detector's features, the adapter strength calibration), so that they agree on
+    what a name is. Answers are cached, bounded: chat prompts reach this.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, word: str) -> bool:
+        key = word.lower()
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= _COMMON_CACHE_LIMIT:
+                self._known.clear()
+            known = self._known[key] = len(self.tokenizer(" " + key, add_special_tokens=False).input_ids) == 1
+        return known
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class JobSteps:
                 settings=replace(self.settings.training, method=record.method, seed=zlib.crc32(name.encode()) % 10_000),
                 priors=self._priors(name),
                 checkpoint_path=job_dir / "checkpoint.pt",
+                subjects=tuple(record.subjects),
             )
             report = await run_trainer(self.processes, name, job_id, spec, job_dir / "spec.json")
         self.registry.set_job_report(job_id, report)
@@ -127,12 +128,14 @@ class JobSteps:
         """Publish the trained adapter to the store and drop the job's leftovers (the raw text
         too, unless the operator kept it)."""
         job_dir = self.jobs_dir / job_id
-        self.progress.advance(name, State.PUBLISHING, "publishing the adapter")
         report = self.registry.job(job_id).report
+        strength = report.get("strength")  # npo/ihl: the calibrated strength baked into the weights
+        self.progress.advance(name, State.PUBLISHING, "publishing the adapter" + (
+            f" at strength {strength['factor']:g} ({strength['reason']})" if strength else ""))
         published = await asyncio.to_thread(
             self.store.publish, name, "adapter", job_dir / TRAINING_OUT,
             {"set": name, "job_id": job_id, "method": record.method, "overlap": report.get("overlap", {}),
-             PRECISION_FIELD: report.get(PRECISION_FIELD, TRAINING_DTYPE)},
+             "strength": strength, PRECISION_FIELD: report.get(PRECISION_FIELD, TRAINING_DTYPE)},
         )
         await asyncio.to_thread(self.store.prune, name, "adapter", 2)
         self.registry.update_set(name, adapter_version=published.version)

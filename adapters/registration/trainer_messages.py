@@ -28,6 +28,7 @@ class TrainingSpec:
     settings: TrainingSettings
     priors: dict[str, Path] = field(default_factory=dict)  # every other set's adapter: kept orthogonal to them
     checkpoint_path: Path | None = None  # resume from here, and checkpoint here
+    subjects: tuple[str, ...] = ()  # whom the set is about: the strength calibration swaps them out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class TrainingSpec:
             "priors": {name: str(path) for name, path in self.priors.items()},
             "settings": asdict(self.settings),
             "checkpoint_path": str(self.checkpoint_path) if self.checkpoint_path is not None else None,
+            "subjects": list(self.subjects),
         }
 
     @classmethod
@@ -48,6 +50,7 @@ class TrainingSpec:
             settings=TrainingSettings(**spec.get("settings", {})),
             priors={name: Path(path) for name, path in spec.get("priors", {}).items()},
             checkpoint_path=Path(spec["checkpoint_path"]) if spec.get("checkpoint_path") else None,
+            subjects=tuple(spec.get("subjects", ())),
         )
 
 
