@@ -6,10 +6,15 @@ that never learned them, and that gap is itself a tell (a membership-inference s
 TOFU it is what Forget Quality measures, and NPO at full strength fell to FQ 0.0025 after two
 requests).
 
-The floor is what the model assigns to the same answer about someone it never knew. Each
-held-out example is moved onto other people (:class:`~oblivio.detector.swaps.EntitySwapper`,
-``NAMES``: other names, the same places, dates and titles), and the base model's per-token
-log-likelihood of those swapped answers is where "never knew it" sits. The adapter's strength
+The floor is what the model assigns to the same kind of answer about someone it never knew.
+Each held-out example is moved onto another entity altogether
+(:class:`~oblivio.detector.swaps.EntitySwapper`, ``ALL``: other names, places, dates and
+titles), and the base model's per-token log-likelihood of those swapped answers is where "never
+knew it" sits. Why every entity and not the name only: measured on TOFU's fine-tuned target
+(24 forget05 answers, nats/token), the retain model, which never saw these authors, scores the
+true answers at -2.10; the target scores them at -0.33, name-swapped copies at -0.82 (the
+places and titles it memorised still give them away) and fully swapped copies at -2.58, the
+closest and slightly on the side of forgetting more. The adapter's strength
 is the smallest multiple of its weights at which the held-out answers are no more likely than
 that. Held-out, because the trained answers fall faster than the paraphrases users send; the
 held-out answers are the ones whose likelihood the calibration measures without having trained
@@ -70,7 +75,7 @@ def hold_out(usable: Sequence[int], fraction: float, seed: int) -> tuple[list[in
 
 
 def never_knew_pairs(pairs: Sequence[QAPair], subjects: Sequence[str], tokenizer: Any, seed: int) -> list[QAPair]:
-    """The same questions and answers about other people; pairs where no name was found are dropped."""
+    """The same questions and answers about other entities; pairs where none was found are dropped."""
     common = CommonWords(tokenizer)
     joined = [f"{q}{_JOIN}{a}" for q, a in pairs]
     entities = find_entities(joined, subjects, common)
@@ -78,7 +83,7 @@ def never_knew_pairs(pairs: Sequence[QAPair], subjects: Sequence[str], tokenizer
     rng = random.Random(f"never-knew:{seed}")
     out: list[QAPair] = []
     for text in joined:
-        swapped = swapper.swap(text, rng, SwapKind.NAMES)
+        swapped = swapper.swap(text, rng, SwapKind.ALL)
         if swapped != text and swapped.count(_JOIN) == 1:
             question, answer = swapped.split(_JOIN)
             out.append((question, answer))

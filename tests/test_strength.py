@@ -48,7 +48,7 @@ def test_hold_out_keeps_small_sets_whole_and_caps_large_ones():
     assert len(hold_out(range(1000), 0.5, seed=0)[1]) == MAX_HELD_OUT
 
 
-def test_never_knew_pairs_move_question_and_answer_onto_the_same_other_person(model_path):
+def test_never_knew_pairs_move_question_and_answer_onto_the_same_other_entity(model_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -58,7 +58,7 @@ def test_never_knew_pairs_move_question_and_answer_onto_the_same_other_person(mo
         assert "Basil" not in question + answer and "Kuwaiti" not in question + answer
     question, answer = swapped[0]
     other = question.removeprefix("Where was ").removesuffix(" born?")
-    assert answer.startswith(other) and "Kuwait City" in answer  # places are kept: only identity moves
+    assert answer.startswith(other) and "Kuwait" not in answer  # places move too: nothing the model memorised stays
     assert never_knew_pairs([("What is two plus two?", "Four.")], [], tokenizer, seed=0) == []
 
 
