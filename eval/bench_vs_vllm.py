@@ -53,6 +53,7 @@ from typing import Any
 
 from oblivio.eval.bench_gateway import Sample, _is_cpu, percentile, run_block
 from oblivio.eval.machine import describe_machine
+from oblivio.eval.server_client import die_with_parent
 
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "vs_vllm"
 SET_NAME = "bench-vs-vllm"
@@ -297,19 +298,10 @@ def launch(name: str, command: Sequence[str], env: Mapping[str, str], log_path: 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env),
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+                                   start_new_session=True, preexec_fn=die_with_parent)
     server = ServerProc(name, process, log_path)
     _RUNNING.append(server)
     return server
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the benchmark dies, even by SIGKILL, where no
-    cleanup of ours runs (a new session no longer gets the terminal's Ctrl-C either)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:

@@ -55,6 +55,15 @@ class ServerProcess:
                 self.process.wait()
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the harness dies, even by SIGKILL, where no
+    cleanup of ours runs (a stopped evaluation left its server and trainer running)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def start_server(model: Path, artifacts_dir: Path, log_path: Path, extra_env: Mapping[str, str] | None = None,
                  timeout_s: float = 600.0) -> ServerProcess:
     """``oblivio serve`` on ephemeral ports; returns once it printed its gRPC address."""
@@ -63,7 +72,8 @@ def start_server(model: Path, artifacts_dir: Path, log_path: Path, extra_env: Ma
                "--artifacts-dir", str(artifacts_dir), "--grpc-port", "0", "--http-port", "0"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+                                   preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         match = _GRPC_LINE.search(log_path.read_text())

@@ -224,6 +224,6 @@ def write_report(out_dir: Path, *, log: RunLog, models: dict[str, Any], settings
 def rewrite(out_dir: Path) -> Path:
     """The report again from ``report.json`` (after a change to the goals or the layout)."""
     data = json.loads((out_dir / "report.json").read_text())
-    log = RunLog([Measurement(**m) for m in data["measurements"]], data["registrations"], data["scores"])
+    log = RunLog.from_report(data)
     return write_report(out_dir, log=log, models=data["models"], settings=data["settings"], subjects=data["subjects"],
                         command=data["command"], seconds=data["seconds"], machine=data["machine"])

@@ -93,7 +93,7 @@ class RunSettings:
     def quick(cls) -> "RunSettings":
         """A pipeline check with the full run's cached models: one method, 6 training steps per
         request, few answers, baselines after the last request only."""
-        return cls(generations_per_split=6, likelihood_questions=15, max_tokens=24, methods=("refusal",),
+        return cls(generations_per_split=4, likelihood_questions=6, max_tokens=16, methods=("refusal",),
                    registration_steps=6, baselines_every_request=False)
 
 
@@ -290,6 +290,16 @@ class RunLog:
     # Detector scores of the default method's final oblivio measurement, for the ROC plot.
     scores: dict[str, list[float]] = field(default_factory=dict)
 
+    @classmethod
+    def from_report(cls, data: dict[str, Any]) -> "RunLog":
+        """The log a written ``report.json`` holds."""
+        return cls([Measurement(**m) for m in data["measurements"]], data["registrations"], data["scores"])
+
+    def finished_methods(self, requests: int) -> set[str]:
+        """Methods measured after every request: a resumed run does not serve them again."""
+        return {method for method in METHODS
+                if {m.request for m in self.measurements if m.config == oblivio_config(method)} >= set(range(1, requests + 1))}
+
     def add(self, measurement: Measurement) -> None:
         self.measurements.append(measurement)
         m = measurement
@@ -356,11 +366,11 @@ async def _score_log(admin: Any, requests: Sequence[Sequence[TofuRow]]) -> dict[
 
 
 async def _run(target_model: Path, retain_model: Path, scratch: Path, out_dir: Path, settings: RunSettings,
-               checkpoint: Callable[[RunLog], object]) -> RunLog:
-    """Every method's server in turn; ``checkpoint`` writes the report after each, so a run cut
-    short still leaves the methods it finished."""
+               log: RunLog, checkpoint: Callable[[RunLog], object]) -> RunLog:
+    """Every method's server in turn, but those ``log`` already finished; ``checkpoint`` writes
+    the report after each, so a run cut short still leaves the methods it finished."""
     requests = request_rows()[: settings.requests]
-    log = RunLog()
+    done = log.finished_methods(len(requests))
     retain = LikelihoodScorer(retain_model)  # the Forget Quality reference, memoised per question
     await retain.start()
     env = {"OBLIVIO_TRAINING__STEPS": str(settings.registration_steps)} if settings.registration_steps else {}
@@ -371,11 +381,11 @@ async def _run(target_model: Path, retain_model: Path, scratch: Path, out_dir: P
     target = LikelihoodScorer(target_model)
     await target.start()
     try:
-        for index, method in enumerate(ordered):
+        for method in (m for m in ordered if m not in done):
             target.artifacts_dir = scratch / method
             server = start_server(target_model, target.artifacts_dir, out_dir / f"server-{method}.log", extra_env=env)
             try:
-                if index == 0:
+                if not any(m.config == NO_UNLEARNING for m in log.measurements):
                     print("measuring the target before any request: untouched and behind the system-prompt guardrail",
                           flush=True)
                     await _measure_untouched(server, target, retain, requests, settings, log)
@@ -403,12 +413,38 @@ def build_models(base_model: Path, cache_root: Path, settings: RunSettings) -> t
     return evaluation_models(base_model, _pairs(retain_rows), _pairs(forget_rows), cache_root, settings.finetune, progress)
 
 
-def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path, command: str) -> Path:
-    """Everything above, end to end; returns the report path."""
+def _resumed(out_dir: Path, settings: RunSettings) -> tuple[RunLog, RunSettings, float]:
+    """The earlier run's log, the settings covering its methods and ours, and its seconds.
+
+    The earlier run's default method stays the default: its baselines were measured on that
+    method's server. Refuses a report measured with other settings: its numbers would not
+    compare with ours."""
+    data = json.loads((out_dir / "report.json").read_text())
+    mine = ("methods", "default_method")  # what a resumed run adds to, and what the report's goals are about
+    ours = {key: value for key, value in json.loads(json.dumps(asdict(settings))).items() if key not in mine}
+    theirs = {key: value for key, value in data["settings"].items() if key not in mine}
+    if ours != theirs:
+        changed = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+        raise SystemExit(f"cannot resume {out_dir / 'report.json'}: it was measured with other settings ({', '.join(changed)}); "
+                         "run without --resume, or with --out elsewhere")
+    methods = tuple(m for m in METHODS if m in data["settings"]["methods"] or m in settings.methods)
+    settings = replace(settings, methods=methods, default_method=data["settings"]["default_method"])
+    return RunLog.from_report(data), settings, float(data["seconds"])
+
+
+def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path, command: str,
+        resume: bool = False) -> Path:
+    """Everything above, end to end; returns the report path. ``resume`` keeps what an earlier
+    run's report in ``out_dir`` measured and serves only the methods it did not finish."""
     from oblivio.eval.tofu_report import write_report
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
+    log, earlier_seconds = RunLog(), 0.0
+    if resume and (out_dir / "report.json").is_file():
+        log, settings, earlier_seconds = _resumed(out_dir, settings)
+        print(f"resuming {out_dir / 'report.json'}: {', '.join(sorted(log.finished_methods(settings.requests))) or 'no method'} "
+              "already measured", flush=True)
     retain, target = build_models(base_model, cache_root, settings)
     models = {label: json.loads((path / "finetune.json").read_text()) for label, path in (("retain", retain), ("target", target))}
     # Adapters and detector state of the forget authors live in a scratch folder, gone after
@@ -417,10 +453,10 @@ def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path
     def report(log: RunLog) -> Path:
         return write_report(out_dir, log=log, models=models, settings=asdict(settings),
                             subjects=subjects_of(request_rows()[: settings.requests]), command=command,
-                            seconds=time.monotonic() - started)
+                            seconds=earlier_seconds + time.monotonic() - started)
 
     with tempfile.TemporaryDirectory(prefix="oblivio-tofu-") as scratch:
-        log = asyncio.run(_run(target, retain, Path(scratch), out_dir, settings, report))
+        log = asyncio.run(_run(target, retain, Path(scratch), out_dir, settings, log, report))
     return report(log)
 
 
@@ -429,8 +465,10 @@ def add_arguments(parser: Any) -> None:
 
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check (< 10 min with cached models): refusal only, 6 training steps per request, "
-                             "6 answers per split, baselines after the last request only")
+                             "4 answers and 6 likelihood questions per split, baselines after the last request only")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="unlearning methods to serve (default: all three)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods the report in --out already measured (same settings) and serve only the others")
     parser.add_argument("--model", type=Path, help="base model folder (default: the fetched default model)")
     parser.add_argument("--out", type=Path, help="report folder (default eval/reports/tofu, or tofu_quick with --quick)")
     parser.add_argument("--cache", type=Path, default=oblivio_home() / "eval-models",
@@ -446,7 +484,7 @@ def run_from_args(args: Any, command: str) -> int:
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods), default_method=args.methods[0])
     out = args.out or Path("eval/reports/tofu_quick" if args.quick else "eval/reports/tofu")
-    report = run(settings, out, args.model or load_config().model_path, args.cache, command)
+    report = run(settings, out, args.model or load_config().model_path, args.cache, command, resume=args.resume)
     print(f"report: {report}")
     return 0
 

@@ -10,6 +10,7 @@ measures that. What this test pins down is that each row of the report is what i
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 def toy_report(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tofu")
     settings = RunSettings(generations_per_split=3, likelihood_questions=8, requests=2, max_tokens=8,
-                           methods=("refusal", "npo"), registration_steps=2,
+                           methods=("refusal",), registration_steps=2,
                            finetune=FinetuneSettings(epochs=0.02, batch_size=8, max_length=48, threads=1))
-    return run(settings, root / "out", model_path, root / "models", "pytest toy run")
+    first = run(settings, root / "out", model_path, root / "models", "pytest toy run")
+    (root / "first.json").write_text((first.parent / "report.json").read_text())
+    # The second method as a resumed run: it keeps the first run's measurements and adds its own.
+    return run(replace(settings, methods=("npo",), default_method="npo"), root / "out", model_path, root / "models",
+               "pytest toy run", resume=True)
+
+
+def test_resume_refuses_a_report_measured_with_other_settings(tmp_path: Path) -> None:
+    settings = RunSettings(requests=2)
+    (tmp_path / "report.json").write_text(json.dumps({"settings": {**json.loads(json.dumps(asdict(settings))), "max_tokens": 9}}))
+    with pytest.raises(SystemExit, match="other settings \\(max_tokens\\)"):
+        run(settings, tmp_path, tmp_path / "no-model", tmp_path / "models", "pytest", resume=True)
 
 
 def test_requests_are_tofu_splits_minus_the_previous_ones() -> None:
@@ -52,6 +64,10 @@ def test_every_configuration_is_measured_after_every_request(toy_report: Path) -
     assert data["subjects"][0] == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]
     servers = sorted(p.name for p in toy_report.parent.glob("server-*.log"))
     assert servers == ["server-npo.log", "server-refusal.log"]
+    first = json.loads((toy_report.parent.parent / "first.json").read_text())
+    assert data["measurements"][: len(first["measurements"])] == first["measurements"], "resuming keeps what was measured"
+    assert data["settings"]["methods"] == ["refusal", "npo"] and data["settings"]["default_method"] == "refusal"
+    assert data["seconds"] > first["seconds"]
 
 
 def test_measurements_follow_from_the_configuration(toy_report: Path) -> None:
