@@ -180,9 +180,15 @@ async def test_a_gated_request_stops_the_base_answer_begun_while_it_was_scored(
     """The front door starts vLLM on the base model while the detector scores; for a gated
     request that base answer is aborted in the engine, and none of it reaches the client."""
     backend = vllm_gated_gateway.runtime.backend
+    # Earlier gated requests may have turned speculation off; a window of base traffic turns it on.
+    for _ in range(8):
+        base = await http.post("/v1/chat/completions", json={"messages": _user(BASE_QUESTION), "max_tokens": 1})
+        assert base.headers[DECISION_HEADER].startswith("base")
+    discarded_before = _speculations(await http.get("/metrics"), "discarded")
     body = {"messages": _user(FORGET_QUESTION), "max_tokens": 6, "temperature": 0, "stream": stream}
     response = await http.post("/v1/chat/completions", json=body)
     assert response.headers[DECISION_HEADER].startswith("adapter")
+    assert _speculations(await http.get("/metrics"), "discarded") == discarded_before + 1
     if stream:
         events = [line for line in response.text.splitlines() if line.startswith("data: {")]
         assert all('"model": "oblivio-default"' in e or '"model":"oblivio-default"' in e for e in events)
@@ -190,3 +196,27 @@ async def test_a_gated_request_stops_the_base_answer_begun_while_it_was_scored(
     else:
         assert len(response.json()["choices"]) == 1
     assert backend.num_unfinished_requests() == 0
+
+
+async def test_a_run_of_gated_requests_stops_speculating(http: httpx.AsyncClient) -> None:
+    """Speculation pays only for base answers: after a run of gated requests the front door stops
+    starting base answers it would throw away, and base traffic turns it back on."""
+    forget = {"messages": _user(FORGET_QUESTION), "max_tokens": 1}
+    for _ in range(8):
+        assert (await http.post("/v1/chat/completions", json=forget)).headers[DECISION_HEADER].startswith("adapter")
+    skipped = _speculations(await http.get("/metrics"), "skipped")
+    assert (await http.post("/v1/chat/completions", json=forget)).status_code == 200
+    assert _speculations(await http.get("/metrics"), "skipped") == skipped + 1
+    for _ in range(8):
+        await http.post("/v1/chat/completions", json={"messages": _user(BASE_QUESTION), "max_tokens": 1})
+    released = _speculations(await http.get("/metrics"), "released")
+    assert (await http.post("/v1/chat/completions", json={"messages": _user(BASE_QUESTION), "max_tokens": 1})).status_code == 200
+    assert _speculations(await http.get("/metrics"), "released") == released + 1
+
+
+def _speculations(metrics: httpx.Response, outcome: str) -> float:
+    """``oblivio_speculations_total{outcome=...}`` from a /metrics page (0 before the first)."""
+    for line in metrics.text.splitlines():
+        if line.startswith(f'oblivio_speculations_total{{outcome="{outcome}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from oblivio.gateway.gate import decision as gate
 from oblivio.gateway.serving.chat_core import GateOutcome
 from oblivio.gateway.api.openai_http import RequestFieldError
 from oblivio.gateway.api.openai_vllm import DecisionStamp, chat_scored_texts, completion_scored_texts
+from oblivio.gateway.api.speculation import BaseSpeculation, SpeculationOdds
 
 FORGOTTEN = "Where was Elena Marwick born?"
 
@@ -117,3 +119,46 @@ async def test_a_stream_gets_the_decision_in_its_first_event_only() -> None:
     assert json.loads(bodies[0][len(b"data: "):])["oblivio"]["decision"] == "base"
     assert bodies[1:] == events[1:]
     assert firsts == 1
+
+
+def test_speculation_odds_follow_the_recent_decisions():
+    odds = SpeculationOdds(window=4, min_base_share=0.5)
+    assert odds.worth_it(), "a fresh server speculates: most traffic is base traffic"
+    for _ in range(2):
+        odds.observe(False)
+    assert not odds.worth_it(), "a run of forget traffic stops paying for discarded base prefills"
+    odds.observe(True)
+    assert not odds.worth_it()
+    odds.observe(True)
+    assert odds.worth_it(), "half of the last four went to the base model again"
+    for _ in range(4):
+        odds.observe(False)
+    assert not odds.worth_it()
+    for _ in range(2):
+        odds.observe(True)
+    assert odds.worth_it(), "only the window counts: older decisions are forgotten"
+    with pytest.raises(ValueError):
+        SpeculationOdds(window=0)
+
+
+async def test_a_discarded_speculation_leaves_the_clients_messages_alone():
+    """After discard, vLLM's app sees a disconnect at once and never again reads the client: a
+    real disconnect belongs to the answer that replaced the speculative one."""
+    reads: list[str] = []
+    seen: list[str] = []
+
+    async def client_receive() -> dict[str, Any]:
+        reads.append("client")
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # an ASGI app that waits for its client
+        seen.append((await receive())["type"])
+        seen.append((await receive())["type"])
+        seen.append((await receive())["type"])
+
+    speculation = BaseSpeculation(app, ({"type": "http"}, b"{}"), client_receive)
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(speculation.discard(), 1.0)
+    assert seen == ["http.request", "http.disconnect", "http.disconnect"]
+    assert reads == ["client"], "only the read in flight when it was discarded, which is cancelled"

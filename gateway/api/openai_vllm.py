@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,6 +47,7 @@ from oblivio.gateway.serving.backends.base import AdapterApplication
 from oblivio.gateway.serving.backends.vllm_version import check_tested
 from oblivio.gateway.serving.chat_core import ChatCore, GateOutcome, ModelNotServedError
 from oblivio.gateway.api import openai_shapes as shapes
+from oblivio.gateway.api.speculation import BaseSpeculation, Message, Receive, Scope, Send, SpeculationOdds
 from oblivio.gateway.api.openai_http import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -64,18 +65,11 @@ from oblivio.gateway.api.openai_http import (
 
 LOG = logging.getLogger(__name__)
 
-# ASGI types as Starlette declares them (starlette.types), so these apps plug into its stack.
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 READ_ONLY_PATHS = frozenset({"/tokenize", "/detokenize", "/version"})
 # Keys of a chat message or tool definition that hold structure, not text the model reads.
 STRUCTURAL_KEYS = frozenset({"role", "type", "id", "tool_call_id", "index"})
 REFUSAL_FINISH = "content_filter"
-# How long a discarded speculative answer may take to stop after its disconnect (then: cancelled).
-SPECULATION_STOP_S = 1.0
 # Chat request fields besides messages whose text a chat template can put into the prompt.
 TEMPLATE_TEXT_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
@@ -359,75 +353,14 @@ def with_content_length(scope: Scope, length: int) -> Scope:
     return {**scope, "headers": headers + [(b"content-length", str(length).encode())]}
 
 
-class BaseSpeculation:
-    """vLLM answers with the base model while the detector is still scoring, and nothing of it
-    reaches the client unless the gate decides "base".
-
-    Why: nearly all traffic is base traffic, and scoring before generating put the detector's
-    whole latency (its queue under load included) in front of every first token. Started
-    together, the two overlap. Every message vLLM sends is held here until :meth:`release`
-    passes them on; :meth:`discard` (adapter or refusal) makes vLLM see a client disconnect,
-    so it aborts the request in the engine, and drops what was held.
-    """
-
-    def __init__(self, vllm_app: Any, request: tuple[Scope, bytes], receive: Receive) -> None:
-        scope, raw = request
-        self._client_receive = receive
-        self._body: bytes | None = raw
-        self._stop = asyncio.Event()
-        self._held: list[Message] = []
-        self._target: Send | None = None
-        self._task = asyncio.ensure_future(vllm_app(scope, self._receive, self._send))
-
-    async def _receive(self) -> Message:
-        if self._body is not None:
-            body, self._body = self._body, None
-            return {"type": "http.request", "body": body, "more_body": False}
-        client = asyncio.ensure_future(self._client_receive())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            done, _ = await asyncio.wait({client, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (client, stop):
-                task.cancel()
-        return client.result() if client in done else {"type": "http.disconnect"}
-
-    async def _send(self, message: Message) -> None:
-        if self._target is None:
-            self._held.append(message)
-        else:
-            await self._target(message)
-
-    async def release(self, send: Send) -> None:
-        """Pass on what vLLM sent so far, in order, then the rest as it comes; wait for the end."""
-        while self._held:
-            await send(self._held.pop(0))
-        self._target = send
-        await self._task
-
-    async def discard(self) -> None:
-        """Stop vLLM's base answer (a disconnect, so the engine aborts it) and drop it."""
-        self._stop.set()
-        self._held.clear()
-        self._target = _nowhere
-        if not self._task.done():
-            await asyncio.wait({self._task}, timeout=SPECULATION_STOP_S)
-            self._task.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._task
-
-
-async def _nowhere(message: Message) -> None:
-    """Where a discarded speculative answer's remaining messages go."""
-
-
 class GatedVLLMApp:
     """ASGI app in front of vLLM's: routes, gates, leases the variant, stamps the decision."""
 
     def __init__(self, vllm_app: Any, chat: ChatCore, backend: Any, *, served_name: str,
                  authenticator: Any = None, metrics: Any = None, speculate: bool = True) -> None:
-        """``speculate``: vLLM starts on the base model while the detector scores (see
-        :class:`BaseSpeculation`); off, it waits for the decision."""
+        """``speculate``: vLLM starts on the base model while the detector scores, while the
+        recent decisions say it pays (``oblivio.gateway.api.speculation``); off, it always waits
+        for the decision."""
         self.vllm_app = vllm_app
         self.chat = chat
         self.backend = backend
@@ -435,7 +368,7 @@ class GatedVLLMApp:
         self.authenticator = authenticator
         self.metrics = metrics
         self.refusals = RefusalWriter(chat, served_name)
-        self.speculate = speculate
+        self.speculation_odds = SpeculationOdds() if speculate else None
         self._lora_table: dict[str, Any] = vllm_app.state.openai_serving_models.lora_requests
         self._leases: Counter[str] = Counter()
 
@@ -488,9 +421,15 @@ class GatedVLLMApp:
             return error_for(exc, endpoint)
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{headers['x-request-id']}"  # RequestIds set it
         code = "cancelled"
-        speculation = BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive) if self.speculate else None
+        odds = self.speculation_odds
+        speculation = (BaseSpeculation(self.vllm_app, self._to_vllm(scope, body, None), receive)
+                       if odds is not None and odds.worth_it() else None)
+        stopping: asyncio.Future[None] | None = None
         try:
             outcome = await self.chat.evaluate_texts(texts)
+            if odds is not None:
+                odds.observe(outcome.label == "base")
+                self._observe_speculation(speculation is not None, outcome.label == "base")
             self.chat.record_decision(request_id, outcome)
             first_token = self._first_token(endpoint, started)
             with self._in_flight(endpoint):
@@ -499,8 +438,9 @@ class GatedVLLMApp:
                     await released.release(DecisionStamp(send, outcome, None, self.served_name, first_token))
                 else:
                     if speculation is not None:
-                        stopped, speculation = speculation, None
-                        await stopped.discard()
+                        # The base answer stops in the background: the answer that replaces it
+                        # does not wait for the engine to abort it (forget traffic's latency).
+                        stopping, speculation = asyncio.ensure_future(speculation.discard()), None
                     if outcome.decision.refuse:
                         await self.refusals.respond(kind, body, texts, outcome, request_id, scope, receive, send)
                     else:
@@ -512,6 +452,8 @@ class GatedVLLMApp:
         finally:
             if speculation is not None:
                 await speculation.discard()
+            if stopping is not None:
+                await stopping
             self._observe(endpoint, code, started)
         return None
 
@@ -519,6 +461,10 @@ class GatedVLLMApp:
         """The request as vLLM gets it: ``model`` names the base model or the variant's alias."""
         raw = json.dumps({**body, "model": alias or self.served_name}).encode()
         return with_content_length(scope, len(raw)), raw
+
+    def _observe_speculation(self, started: bool, base: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_speculation(("released" if base else "discarded") if started else "skipped")
 
     def _first_token(self, endpoint: str, started: float) -> Callable[[], None]:
         def observe() -> None:

@@ -140,6 +140,13 @@ class GatewayMetrics:
         self.tokens = Counter(
             "oblivio_tokens", "Prompt and completion tokens.", ["endpoint", "kind"], registry=r
         )
+        self.speculations = Counter(
+            "oblivio_speculations",
+            "vLLM front door: base answers started before the gate decided (released: the gate said base; "
+            "discarded: its prefill was wasted), or not started because recent decisions said it would not pay (skipped).",
+            ["outcome"],
+            registry=r,
+        )
 
     # ---- gate ---------------------------------------------------------------------------
     def observe_decision(
@@ -212,6 +219,9 @@ class GatewayMetrics:
 
     def observe_first_token(self, endpoint: str, seconds: float) -> None:
         self.first_token.labels(endpoint=endpoint).observe(max(seconds, 0.0))
+
+    def observe_speculation(self, outcome: str) -> None:
+        self.speculations.labels(outcome=outcome).inc()
 
     def add_tokens(self, endpoint: str, prompt_tokens: int, completion_tokens: int) -> None:
         if prompt_tokens:
