@@ -413,8 +413,9 @@ def build_models(base_model: Path, cache_root: Path, settings: RunSettings) -> t
     return evaluation_models(base_model, _pairs(retain_rows), _pairs(forget_rows), cache_root, settings.finetune, progress)
 
 
-def _resumed(out_dir: Path, settings: RunSettings) -> tuple[RunLog, RunSettings, float]:
-    """The earlier run's log, the settings covering its methods and ours, and its seconds.
+def _resumed(out_dir: Path, settings: RunSettings, command: str) -> tuple[RunLog, RunSettings, float, str]:
+    """The earlier run's log, the settings covering its methods and ours, its seconds and the
+    commands of both runs.
 
     The earlier run's default method stays the default: its baselines were measured on that
     method's server. Refuses a report measured with other settings: its numbers would not
@@ -429,7 +430,7 @@ def _resumed(out_dir: Path, settings: RunSettings) -> tuple[RunLog, RunSettings,
                          "run without --resume, or with --out elsewhere")
     methods = tuple(m for m in METHODS if m in data["settings"]["methods"] or m in settings.methods)
     settings = replace(settings, methods=methods, default_method=data["settings"]["default_method"])
-    return RunLog.from_report(data), settings, float(data["seconds"])
+    return RunLog.from_report(data), settings, float(data["seconds"]), f"{data['command']}; resumed with {command}"
 
 
 def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path, command: str,
@@ -442,7 +443,7 @@ def run(settings: RunSettings, out_dir: Path, base_model: Path, cache_root: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     log, earlier_seconds = RunLog(), 0.0
     if resume and (out_dir / "report.json").is_file():
-        log, settings, earlier_seconds = _resumed(out_dir, settings)
+        log, settings, earlier_seconds, command = _resumed(out_dir, settings, command)
         print(f"resuming {out_dir / 'report.json'}: {', '.join(sorted(log.finished_methods(settings.requests))) or 'no method'} "
               "already measured", flush=True)
     retain, target = build_models(base_model, cache_root, settings)

@@ -68,6 +68,7 @@ def test_every_configuration_is_measured_after_every_request(toy_report: Path) -
     assert data["measurements"][: len(first["measurements"])] == first["measurements"], "resuming keeps what was measured"
     assert data["settings"]["methods"] == ["refusal", "npo"] and data["settings"]["default_method"] == "refusal"
     assert data["seconds"] > first["seconds"]
+    assert data["command"] == "pytest toy run; resumed with pytest toy run"
 
 
 def test_measurements_follow_from_the_configuration(toy_report: Path) -> None:
