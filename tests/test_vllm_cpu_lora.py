@@ -71,6 +71,28 @@ def test_tokens_without_an_adapter_get_exactly_nothing() -> None:
     assert not torch.equal(s_theirs[without], torch.zeros_like(s_theirs[without]))
 
 
+@pytest.mark.parametrize("slot", [1, -1])
+def test_a_batch_on_one_slot_takes_the_direct_product(slot: int) -> None:
+    """One stream's decode step: every token on one adapter (the direct product, no gather) or
+    on none (nothing added, and a written output is zero)."""
+    x = _weights(0, (TOKENS, IN))
+    a, b = _weights(1, (SLOTS, RANK, IN)), _weights(2, (SLOTS, OUT, RANK))
+    idx = torch.full((TOKENS,), slot)
+    s = torch.full((TOKENS, RANK), 7.0)
+    ours.bgmv_shrink(x, a, s, idx, 0.5)
+    base = _weights(3, (TOKENS, OUT))
+    added, written = base.clone(), base.clone()
+    ours.bgmv_expand(s, b, added, idx, add_inputs=True)
+    ours.bgmv_expand_slice(s, b, written, idx, 0, OUT, add_inputs=False)
+    if slot < 0:
+        assert torch.equal(s, torch.zeros_like(s)) and torch.equal(added, base)
+        assert torch.equal(written, torch.zeros_like(written))
+    else:
+        torch.testing.assert_close(s, 0.5 * x @ a[slot].T)
+        torch.testing.assert_close(added, base + s @ b[slot].T)
+        torch.testing.assert_close(written, s @ b[slot].T)
+
+
 def test_prefill_ops_explode_per_sequence_slots() -> None:
     x = _weights(0, (7, IN))
     a, b = _weights(1, (SLOTS, RANK, IN)), _weights(2, (SLOTS, OUT, RANK))

@@ -37,13 +37,23 @@ __all__ = ["ENABLE_ENV", "TESTED_VLLM", "install", "register", "UnsupportedVLLME
 _PATCHED_MODULES = ("vllm.lora.ops.torch_ops.lora_ops", "vllm.lora.ops.torch_ops", "vllm.lora.punica_wrapper.punica_cpu")
 
 
-def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``inputs[t] @ weights[indices[t]].T`` for every token ``t``, zero where ``indices[t] < 0``.
+def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``inputs[t] @ weights[indices[t]].T`` for every token ``t``, zero where ``indices[t] < 0``;
+    None when no token uses a slot (there is nothing to add).
 
-    ``weights`` is (slots, out, in) or (slots, 1, out, in), as vLLM stacks them."""
+    ``weights`` is (slots, out, in) or (slots, 1, out, in), as vLLM stacks them. Every module of
+    every layer calls this for every step, so the common batches take one product: all tokens on
+    one adapter (a decode step of one stream) multiply directly, without gathering rows."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
+    if indices.numel() == 0:
+        return None
+    low, high = (int(v) for v in torch.aminmax(indices))
+    if high < 0:
+        return None
     x = inputs.to(dtype)
+    if low == high:
+        return x @ weights[high].to(dtype).T
     out = torch.zeros((x.shape[0], weights.shape[1]), dtype=dtype, device=x.device)
     for slot in torch.unique(indices).tolist():
         if slot < 0:
@@ -56,14 +66,22 @@ def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
 def bgmv_shrink(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                 lora_indices_tensor: torch.Tensor, scaling: float = 1.0) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+    rank = lora_b_weights.shape[-2]
+    if outputs is None:
+        output_tensor[:, :rank] = 0
+    else:
+        output_tensor[:, :rank] = scaling * outputs
 
 
 def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                 lora_indices_tensor: torch.Tensor, add_inputs: bool = True) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    common = min(lora_b_weights.shape[-2], output_tensor.shape[1])  # adapter and model may pad differently
+    if outputs is None:
+        if not add_inputs:
+            output_tensor[:, :common] = 0
+        return
     limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
-    common = min(outputs.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
     if add_inputs:
         output_tensor[:, :common] += outputs[:limit, :common]
     else:
@@ -73,6 +91,10 @@ def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tenso
 def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                       lora_indices_tensor: torch.Tensor, slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if outputs is None:
+        if not add_inputs:
+            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
+        return
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:
