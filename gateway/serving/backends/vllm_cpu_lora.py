@@ -63,42 +63,38 @@ def _per_slot(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
     return out
 
 
+def _store(view: torch.Tensor, values: torch.Tensor | None, add_inputs: bool) -> None:
+    """Add ``values`` into ``view`` or overwrite it; ``None`` (no token on a slot) adds nothing
+    and overwrites with zeros."""
+    if values is None:
+        if not add_inputs:
+            view.zero_()
+    elif add_inputs:
+        view += values
+    else:
+        view.copy_(values)
+
+
 def bgmv_shrink(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                 lora_indices_tensor: torch.Tensor, scaling: float = 1.0) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    rank = lora_b_weights.shape[-2]
-    if outputs is None:
-        output_tensor[:, :rank] = 0
-    else:
-        output_tensor[:, :rank] = scaling * outputs
+    _store(output_tensor[:, : lora_b_weights.shape[-2]], None if outputs is None else scaling * outputs, add_inputs=False)
 
 
 def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                 lora_indices_tensor: torch.Tensor, add_inputs: bool = True) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     common = min(lora_b_weights.shape[-2], output_tensor.shape[1])  # adapter and model may pad differently
-    if outputs is None:
-        if not add_inputs:
-            output_tensor[:, :common] = 0
-        return
-    limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:limit, :common]
-    else:
-        output_tensor[:, :common] = outputs[:limit, :common]
+    if outputs is not None:
+        limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
+        outputs = outputs[:limit, :common]
+    _store(output_tensor[:, :common], outputs, add_inputs)
 
 
 def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
                       lora_indices_tensor: torch.Tensor, slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
     outputs = _per_slot(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if outputs is None:
-        if not add_inputs:
-            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
-        return
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    _store(output_tensor[:, slice_offset : slice_offset + slice_size], outputs, add_inputs)
 
 
 def sgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor, output_tensor: torch.Tensor, b_seq_start_loc: torch.Tensor,
